@@ -1,0 +1,47 @@
+"""The trainer's configuration: what the operator renders into a ConfigMap and
+``rlaif run`` writes to disk, and what ``rlaif train --config`` reads."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+from pydantic import Field
+
+from rlaif import constants as c
+from rlaif.api.base import Model
+from rlaif.api.models import RewardKind, RLAIFJobSpec
+
+
+class RewardEndpoint(Model):
+    """Where one reward is served, and its weight in the total."""
+
+    name: str
+    kind: RewardKind | None = None
+    url: str = Field(description="Base URL of the reward server, e.g. http://host:8080.")
+    weight: float = Field(gt=0)
+
+
+class TrainerConfig(Model):
+    """Everything a trainer rank needs; paths are as seen from the trainer process."""
+
+    job_name: str
+    namespace: str | None = None
+    spec: RLAIFJobSpec
+    rewards: list[RewardEndpoint]
+    output_dir: str = Field(description="metrics.jsonl, summary.json, final adapter, samples.")
+    checkpoint_dir: str = c.CHECKPOINT_DIR
+    metrics_port: int = c.METRICS_PORT
+    base_dir: str | None = Field(None, description="Relative data paths resolve against this.")
+
+    def resolve_path(self, path: str) -> Path:
+        p = Path(path)
+        return p if p.is_absolute() or self.base_dir is None else Path(self.base_dir) / p
+
+    def dump(self) -> str:
+        return yaml.safe_dump(self.model_dump(by_alias=True, exclude_none=True, mode="json"),
+                              sort_keys=False)
+
+    @classmethod
+    def load(cls, path: Path) -> TrainerConfig:
+        return cls.model_validate(yaml.safe_load(path.read_text()))

@@ -1,0 +1,63 @@
+"""Names shared by the operator, trainer, reward servers and tests: one place to change them."""
+
+from rlaif import __version__
+
+GROUP = "rlaif.dev"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+CATEGORY = "rlaif"
+
+JOB_KIND = "RLAIFJob"
+JOB_PLURAL = "rlaifjobs"
+JOB_SINGULAR = "rlaifjob"
+JOB_SHORT = "rj"
+
+SERVER_KIND = "RewardServer"
+SERVER_PLURAL = "rewardservers"
+SERVER_SINGULAR = "rewardserver"
+SERVER_SHORT = "rs"
+
+# Labels put on every child object.
+LABEL_NAME = "app.kubernetes.io/name"
+LABEL_INSTANCE = "app.kubernetes.io/instance"
+LABEL_COMPONENT = "app.kubernetes.io/component"
+LABEL_PART_OF = "app.kubernetes.io/part-of"
+LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
+LABEL_JOB = f"{GROUP}/job"
+LABEL_SERVER = f"{GROUP}/rewardserver"
+PART_OF = "rlaif-operator"
+
+# Ports.
+REWARD_PORT = 8080
+METRICS_PORT = 9090
+RENDEZVOUS_PORT = 29500
+OPERATOR_HEALTH_PORT = 8081
+
+# Paths inside trainer and reward pods.
+CONFIG_DIR = "/etc/rlaif"
+CONFIG_FILE = "trainer.yaml"
+CHECKPOINT_DIR = "/checkpoints"
+CHECKPOINT_VOLUME = "checkpoints"
+SCRATCH_DIR = "/tmp"
+
+# Container images (tags follow the package version).
+IMAGE_REPOSITORY = "ghcr.io/rlaif-operator/rlaif"
+TRAINER_IMAGE = f"{IMAGE_REPOSITORY}:{__version__}-trainer"
+REWARD_IMAGE = f"{IMAGE_REPOSITORY}:{__version__}-reward"
+OPERATOR_IMAGE = f"{IMAGE_REPOSITORY}:{__version__}-operator"
+
+# Audio on the wire between trainer and reward servers.
+SAMPLE_RATE = 16000
+
+# Model references that need no mounted volume (see rlaif/modelref.py).
+BUILTIN_SCHEME = "builtin:"
+
+# Condition types of RLAIFJob status. "Ready" summarises the job: its reason and message
+# say what the job is doing or why it stopped (shown by `kubectl get rj -o wide`).
+COND_READY = "Ready"
+COND_REWARDS_READY = "RewardsReady"
+COND_LABELED = "Labeled"
+COND_RUNNING = "Running"
+COND_SUCCEEDED = "Succeeded"
+COND_FAILED = "Failed"
+COND_SUSPENDED = "Suspended"
