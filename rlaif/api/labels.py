@@ -6,7 +6,12 @@ some targets could never match; here one schema serves every stage.
 
 from __future__ import annotations
 
-from pydantic import Field, model_validator
+import json
+import re
+from pathlib import Path
+
+import yaml
+from pydantic import Field, ValidationError, model_validator
 
 from rlaif.api.base import Model
 
@@ -26,6 +31,15 @@ PAPER_SPEECH_RATE = ["Extremely Slow", "Slow", "Medium Slow", "Medium Fast", "Ex
 PAPER_INTONATION = [
     "Declarative", "Interrogative", "Imperative", "Exclamation", "Rhetorical Question", "Command",
 ]  # fmt: skip
+
+# Keys an LLM may use for each dimension in a JSON answer, compared lower-case without spaces,
+# "_" or "-" (RLAIF-SPA's judge answered with "Speech Speed" and "Tone").
+ANSWER_KEYS = {
+    "structure": ("structure",),
+    "emotion": ("emotion",),
+    "speechRate": ("speechrate", "speechspeed"),
+    "intonation": ("intonation", "tone"),
+}
 
 
 class LabelSchema(Model):
@@ -83,3 +97,59 @@ class LabelSchema(Model):
                                   or self.canonical(dim, labels[dim]) is None):  # type: ignore[arg-type]
                 errors.append(f"{dim}: {labels[dim]!r} is not one of {self.values(dim)}")
         return errors
+
+    def describe(self) -> str:
+        """The allowed values as prompt text, one line per dimension, so every LLM prompt
+        (labeller and judge alike) lists exactly this schema."""
+        return "\n".join(f'- "{dim}": one of {json.dumps(self.values(dim))}' for dim in DIMENSIONS)
+
+    def parse_answer(self, answer: str) -> tuple[dict[str, str], list[str]]:
+        """Labels from an LLM's JSON answer (schema spelling) and what was wrong with the rest.
+
+        The first JSON object in ``answer`` is used (models wrap it in prose or code fences).
+        Off-list values are reported, never mapped to a nearby value.
+        """
+        obj = first_json_object(answer)
+        if obj is None:
+            return {}, [f"no JSON object in the answer: {answer[:80]!r}"]
+        keys = {re.sub(r"[\s_-]", "", str(k)).lower(): k for k in obj}
+        labels: dict[str, str] = {}
+        errors: list[str] = []
+        for dim in DIMENSIONS:
+            key = next((keys[a] for a in ANSWER_KEYS[dim] if a in keys), None)
+            if key is None:
+                errors.append(f"{dim}: missing")
+            elif isinstance(obj[key], str) and (value := self.canonical(dim, obj[key])):
+                labels[dim] = value
+            else:
+                errors.append(f"{dim}: {obj[key]!r} is not one of {self.values(dim)}")
+        return labels, errors
+
+    @classmethod
+    def from_file(cls, path: Path) -> LabelSchema:
+        """A schema from a YAML or JSON file; ValueError naming the file and field otherwise."""
+        try:
+            data = yaml.safe_load(path.read_text())
+        except OSError as exc:
+            raise ValueError(f"{path}: cannot read label schema: {exc.strerror}") from None
+        except yaml.YAMLError as exc:
+            raise ValueError(f"{path}: not YAML/JSON: {exc}") from None
+        try:
+            return cls.model_validate(data if data is not None else {})
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            where = ".".join(str(part) for part in err["loc"]) or "(top level)"
+            raise ValueError(f"{path}: {where}: {err['msg']}") from None
+
+
+def first_json_object(text: str) -> dict | None:
+    """The first JSON object embedded in ``text``, or None."""
+    decoder = json.JSONDecoder()
+    for match in re.finditer(r"\{", text):
+        try:
+            obj, _ = decoder.raw_decode(text, match.start())
+        except json.JSONDecodeError:
+            continue
+        if isinstance(obj, dict):
+            return obj
+    return None
