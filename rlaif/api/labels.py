@@ -122,7 +122,7 @@ class LabelSchema(Model):
             elif isinstance(obj[key], str) and (value := self.canonical(dim, obj[key])):
                 labels[dim] = value
             else:
-                errors.append(f"{dim}: {obj[key]!r} is not one of {self.values(dim)}")
+                errors.append(f"{dim}: {obj[key]!r} is not an allowed value")
         return labels, errors
 
     @classmethod
