@@ -132,9 +132,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a local transformers causal LM instead of an endpoint")
     p.add_argument("--api-key-env", default="OPENAI_API_KEY",
                    help="environment variable holding the API key")
-    p.add_argument("--concurrency", type=int, default=4)
-    p.add_argument("--retries", type=int, default=3)
-    p.add_argument("--label-schema", default=None, metavar="FILE")
+    p.add_argument("--concurrency", type=int, default=4, help="requests in flight")
+    p.add_argument("--retries", type=int, default=3,
+                   help="retries per request (429/5xx/timeouts) and per invalid answer")
+    p.add_argument("--timeout", type=float, default=60.0, help="seconds per request")
+    p.add_argument("--label-schema", default=None, metavar="FILE",
+                   help="YAML/JSON label schema (default: RLAIF-SPA's lists)")
     p.set_defaults(func=_lazy("rlaif.labeling:label_command"))
 
     pre = sub.add_parser("pretrain", help="supervised pre-training of base policies")
