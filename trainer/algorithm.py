@@ -1,8 +1,11 @@
 """The seam between the training loop and an RL algorithm (GRPO, DLPO).
 
-The loop owns everything that is the same for every algorithm: data sharding, reward
-scoring, checkpoints, metrics, the step-time breakdown. An algorithm owns its policy, its
-rollouts and its update. Rewards are plain floats per sample, in rollout order.
+Each algorithm module exposes ``build_algorithm(config, rank, world_size) -> Algorithm``
+(``rlaif.trainer.grpo_algorithm``, ``rlaif.trainer.dlpo``);
+``rlaif.trainer.engine.build_engine`` makes the DeepSpeed engine from
+spec.trainer.deepspeed. The loop owns everything that is the same for every algorithm:
+data sharding, reward scoring, checkpoints, metrics, the step-time breakdown. An algorithm
+owns its policy, its rollouts and its update. Rewards are plain floats per sample, in rollout order.
 """
 
 from __future__ import annotations
@@ -44,12 +47,19 @@ class Algorithm(Protocol):
         """One optimisation step (or ``innerIterations``) on the rollout; returns metrics."""
         ...
 
-    def state_dict(self) -> dict[str, Any]:
-        """Everything needed to resume exactly (weights/adapters, optimizer, scheduler)."""
+    def save_state(self, directory: Path) -> None:
+        """Write everything needed to resume exactly (adapters/weights, optimizer, scheduler)
+        under ``directory``. Called on EVERY rank (collective: ZeRO shards optimizer state);
+        ranks write rank-specific files. With a DeepSpeed engine this is
+        ``engine.save_checkpoint(directory, tag=..., exclude_frozen_parameters=True)``.
+        The loop saves RNG states, data position and step itself and makes it atomic."""
         ...
 
-    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+    def load_state(self, directory: Path) -> None:
+        """Restore what ``save_state`` wrote (every rank, same world size)."""
+        ...
 
     def save_final(self, out: Path) -> None:
-        """The trained policy in its loadable form (adapter via save_pretrained, or weights)."""
+        """The trained policy in its loadable form (adapter via save_pretrained, or weights).
+        Called on every rank (ZeRO-3 must gather parameters); only rank 0 writes."""
         ...
