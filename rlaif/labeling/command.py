@@ -72,11 +72,13 @@ def label_command(args: argparse.Namespace) -> int:
         return 1
     print(format_summary(summary, schema))
     if stats.failed:
-        log.error("%d sentence(s) not labelled because the endpoint kept failing (last: %s); "
-                  "rerun the same command to label them", stats.failed, stats.last_failure)
+        print(f"rlaif label: {stats.failed} sentence(s) not labelled because the endpoint kept "
+              f"failing (last: {stats.last_failure}); rerun the same command to label them",
+              file=sys.stderr)
         return 1
     if not summary.labelled:
-        log.error("%s holds no labelled sentence: the trainer cannot use it", out)
+        print(f"rlaif label: {out} holds no labelled sentence: the trainer cannot use it",
+              file=sys.stderr)
         return 1
     return 0
 
