@@ -49,6 +49,11 @@ OPERATOR_IMAGE = f"{IMAGE_REPOSITORY}:{__version__}-operator"
 # Audio on the wire between trainer and reward servers.
 SAMPLE_RATE = 16000
 
+# Reward server request limits (server defaults; the client splits batches to fit).
+REWARD_MAX_ITEMS = 64
+REWARD_MAX_BODY_BYTES = 32 * 1024 * 1024
+REWARD_MAX_AUDIO_SECONDS = 60.0
+
 # Model references that need no mounted volume (see rlaif/modelref.py).
 BUILTIN_SCHEME = "builtin:"
 

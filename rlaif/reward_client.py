@@ -1,0 +1,259 @@
+"""The trainer's side of the reward-server contract.
+
+One batched request per server, all servers in parallel, from a background event loop so
+the trainer can submit a group as soon as it is rendered and keep generating while it is
+scored. Transient failures (connection errors, timeouts, 5xx) are retried with exponential
+backoff and jitter; an item the server rejects scores 0 for that reward and is counted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import json
+import logging
+import random
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import numpy as np
+
+from rlaif.audio import encode_pcm16
+from rlaif.config import RewardEndpoint
+from rlaif.constants import REWARD_MAX_ITEMS, SAMPLE_RATE
+
+log = logging.getLogger(__name__)
+
+SCORE_PATH = "/v1/score"
+
+
+@dataclass
+class ScoreItem:
+    id: str
+    audio: np.ndarray  # float32 mono
+    sample_rate: int = SAMPLE_RATE
+    text: str = ""
+    labels: dict[str, str] = field(default_factory=dict)
+    reference_audio: np.ndarray | None = None  # for speaker similarity (same sample rate)
+
+    def to_wire(self) -> dict[str, Any]:
+        """The item as the contract's JSON object (audio as base64 pcm16)."""
+        item: dict[str, Any] = {
+            "id": self.id,
+            "audio": {"sampleRate": self.sample_rate, "pcm16": encode_pcm16(self.audio)},
+            "text": self.text,
+            "labels": dict(self.labels),
+        }
+        if self.reference_audio is not None:
+            item["reference"] = {"audio": {"sampleRate": self.sample_rate,
+                                           "pcm16": encode_pcm16(self.reference_audio)}}
+        return item
+
+
+@dataclass
+class RewardScores:
+    ids: list[str]
+    total: np.ndarray  # weighted sum over rewards, per item (float64)
+    per_reward: dict[str, np.ndarray]  # reward name -> score in [0,1] per item
+    details: dict[str, list[dict]]  # reward name -> the server's details per item
+    errors: dict[str, int]  # reward name -> items the server rejected (scored 0)
+
+    @staticmethod
+    def concat(parts: Sequence[RewardScores]) -> RewardScores:
+        """Join scores of consecutive submissions (same rewards) into one, in order."""
+        if not parts:
+            raise ValueError("RewardScores.concat needs at least one part")
+        names = list(parts[0].per_reward)
+        return RewardScores(
+            ids=[i for p in parts for i in p.ids],
+            total=np.concatenate([p.total for p in parts]).astype(np.float64),
+            per_reward={n: np.concatenate([p.per_reward[n] for p in parts]) for n in names},
+            details={n: [d for p in parts for d in p.details[n]] for n in names},
+            errors={n: sum(p.errors[n] for p in parts) for n in names},
+        )
+
+
+class RewardUnavailable(RuntimeError):
+    """A reward server did not answer usefully after the last retry (message names it)."""
+
+
+class RewardRejected(RewardUnavailable):
+    """A reward server refused the request itself (4xx): retrying would not help."""
+
+
+class _Retryable(Exception):
+    """A failure worth another attempt (connection, timeout, 5xx, garbled answer)."""
+
+
+class _Rejected(Exception):
+    """A 4xx answer."""
+
+
+@dataclass
+class _RewardColumn:
+    scores: np.ndarray
+    details: list[dict]
+    errors: int
+
+
+class RewardClient:
+    """Scores audio on every configured reward server and combines the weighted total."""
+
+    def __init__(self, endpoints: Sequence[RewardEndpoint], *, timeout_s: float = 300.0,
+                 retries: int = 4, backoff_s: float = 0.5,
+                 max_items_per_request: int = REWARD_MAX_ITEMS):
+        if not endpoints:
+            raise ValueError("RewardClient needs at least one reward endpoint")
+        names = [e.name for e in endpoints]
+        if len(set(names)) != len(names):
+            raise ValueError(f"reward names must be unique, got {names}")
+        self.endpoints = list(endpoints)
+        self.timeout_s = timeout_s
+        self.retries = retries
+        self.backoff_s = backoff_s
+        self.max_items_per_request = max_items_per_request
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="reward-client",
+                                        daemon=True)
+        self._thread.start()
+        self._session: aiohttp.ClientSession | None = None
+        self._closed = False
+
+    # ------------------------------------------------------------------ public API
+
+    def submit(self, items: Sequence[ScoreItem]) -> concurrent.futures.Future[RewardScores]:
+        """Send now (one batched request per server, all servers in parallel) from a
+        background event-loop thread; the trainer submits each group as soon as it is
+        rendered, so scoring overlaps generation."""
+        if self._closed:
+            raise RuntimeError("RewardClient is closed")
+        ids = [it.id for it in items]
+        if not ids:
+            done: concurrent.futures.Future[RewardScores] = concurrent.futures.Future()
+            done.set_result(self._empty())
+            return done
+        bodies = [json.dumps({"items": [it.to_wire() for it in chunk]}).encode()
+                  for chunk in _chunks(list(items), self.max_items_per_request)]
+        return asyncio.run_coroutine_threadsafe(self._score_all(ids, bodies), self._loop)
+
+    def score(self, items: Sequence[ScoreItem]) -> RewardScores:
+        return self.submit(items).result()
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._session is not None:
+            asyncio.run_coroutine_threadsafe(self._session.close(), self._loop).result()
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join()
+        self._loop.close()
+
+    def __enter__(self) -> RewardClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ internals
+
+    def _empty(self) -> RewardScores:
+        names = [ep.name for ep in self.endpoints]
+        return RewardScores(ids=[], total=np.zeros(0), per_reward={n: np.zeros(0) for n in names},
+                            details={n: [] for n in names}, errors=dict.fromkeys(names, 0))
+
+    async def _score_all(self, ids: list[str], bodies: list[bytes]) -> RewardScores:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=self.timeout_s))
+        columns = await asyncio.gather(*(self._score_one(ep, ids, bodies)
+                                         for ep in self.endpoints))
+        by_name = dict(zip([ep.name for ep in self.endpoints], columns, strict=True))
+        total = np.zeros(len(ids), dtype=np.float64)
+        for ep in self.endpoints:
+            total += ep.weight * by_name[ep.name].scores
+        return RewardScores(
+            ids=ids, total=total,
+            per_reward={name: col.scores for name, col in by_name.items()},
+            details={name: col.details for name, col in by_name.items()},
+            errors={name: col.errors for name, col in by_name.items()},
+        )
+
+    async def _score_one(self, ep: RewardEndpoint, ids: list[str],
+                         bodies: list[bytes]) -> _RewardColumn:
+        answers: list[dict] = []
+        for body in bodies:
+            answers += await self._post_with_retries(ep, body)
+        return _column(ep, ids, answers)
+
+    async def _post_with_retries(self, ep: RewardEndpoint, body: bytes) -> list[dict]:
+        url = ep.url.rstrip("/") + SCORE_PATH
+        for attempt in range(self.retries + 1):
+            try:
+                return await self._post(url, body)
+            except _Retryable as exc:
+                if attempt == self.retries:
+                    raise RewardUnavailable(
+                        f"reward {ep.name!r} at {url} failed after {attempt + 1} attempts: "
+                        f"{exc}") from None
+                delay = self.backoff_s * 2**attempt * random.uniform(0.5, 1.5)
+                log.warning("reward %r at %s: %s; retrying in %.2f s", ep.name, url, exc, delay)
+                await asyncio.sleep(delay)
+            except _Rejected as exc:
+                raise RewardRejected(f"reward {ep.name!r} at {url} rejected the request: "
+                                     f"{exc}") from None
+        raise AssertionError("unreachable")
+
+    async def _post(self, url: str, body: bytes) -> list[dict]:
+        assert self._session is not None
+        try:
+            async with self._session.post(
+                    url, data=body, headers={"Content-Type": "application/json"}) as resp:
+                text = await resp.text()
+                status = resp.status
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+            raise _Retryable(f"{type(exc).__name__}: {exc}") from None
+        if status >= 500:
+            raise _Retryable(f"HTTP {status}: {text[:200]}")
+        if status >= 400:
+            raise _Rejected(f"HTTP {status}: {text[:500]}")
+        try:
+            scores = json.loads(text)["scores"]
+        except (ValueError, KeyError, TypeError):
+            raise _Retryable(f"answer is not {{'scores': [...]}}: {text[:200]!r}") from None
+        if not isinstance(scores, list):
+            raise _Retryable("answer 'scores' is not a list")
+        return scores
+
+
+def _column(ep: RewardEndpoint, ids: list[str], answers: list[dict]) -> _RewardColumn:
+    """Scores in item order; a rejected or malformed item scores 0 and is counted."""
+    if len(answers) != len(ids):
+        raise RewardUnavailable(f"reward {ep.name!r} at {ep.url} answered {len(answers)} "
+                                f"scores for {len(ids)} items")
+    scores = np.zeros(len(ids), dtype=np.float64)
+    details: list[dict] = []
+    errors = 0
+    for i, (item_id, ans) in enumerate(zip(ids, answers, strict=True)):
+        score = ans.get("score") if isinstance(ans, dict) else None
+        if not isinstance(ans, dict) or ans.get("id") != item_id:
+            raise RewardUnavailable(f"reward {ep.name!r} at {ep.url}: answer {i} is for id "
+                                    f"{ans.get('id') if isinstance(ans, dict) else ans!r}, "
+                                    f"expected {item_id!r}")
+        if "error" in ans or not isinstance(score, (int, float)) or not np.isfinite(score):
+            errors += 1
+            reason = ans.get("error", f"no usable score in {ans!r}")
+            details.append({"error": reason})
+            if errors == 1:
+                log.warning("reward %r rejected item %r: %s", ep.name, item_id, reason)
+            continue
+        scores[i] = min(1.0, max(0.0, float(score)))
+        details.append(ans.get("details") or {})
+    return _RewardColumn(scores, details, errors)
+
+
+def _chunks(items: list[ScoreItem], size: int) -> list[list[ScoreItem]]:
+    return [items[i:i + size] for i in range(0, len(items), size)]

@@ -1,0 +1,106 @@
+"""Helpers for the reward tests: real espeak-ng speech and real servers on free ports."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+from aiohttp import web
+
+from rlaif.audio import resample
+from rlaif.rewards.server import RewardApp, ServerSettings, build_scorer
+
+SENTENCE = "The committee approved the new budget after a long debate."
+
+
+def speak(text: str, rate: int = 150, pitch: int = 50, ssml: bool = False) -> np.ndarray:
+    """espeak-ng speech (22.05 kHz) resampled to 16 kHz float32."""
+    with tempfile.TemporaryDirectory() as tmp:
+        wav = Path(tmp) / "speech.wav"
+        args = ["espeak-ng", "-w", str(wav), "-s", str(rate), "-p", str(pitch)]
+        subprocess.run([*args, *(["-m"] if ssml else []), text], check=True)
+        audio, sr = sf.read(wav, dtype="float32")
+    return resample(audio, sr)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def get_json(url: str) -> tuple[int, dict]:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def wait_ready(url: str, timeout_s: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError):
+            if get_json(url + "/readyz")[0] == 200:
+                return
+        time.sleep(0.1)
+    raise TimeoutError(f"{url} not ready after {timeout_s} s")
+
+
+class ServerThread:
+    """A real reward server (the same app as ``rlaif reward serve``) in a background loop."""
+
+    def __init__(self, settings: ServerSettings, port: int | None = None):
+        self.settings = settings
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.state = RewardApp(build_scorer(settings), settings)
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._runner: web.AppRunner | None = None
+
+    def start(self, wait: bool = True) -> ServerThread:
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self._start(), self._loop).result()
+        if wait:
+            wait_ready(self.url)
+        return self
+
+    async def _start(self) -> None:
+        self._runner = web.AppRunner(self.state.make_app(), access_log=None)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
+
+    def stop(self) -> None:
+        assert self._runner is not None
+        asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result()
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join()
+
+    def metric(self, name: str) -> float:
+        """A sample's value from /metrics (e.g. ``rlaif_reward_batch_size_sum``)."""
+        with urllib.request.urlopen(self.url + "/metrics", timeout=10) as resp:
+            for line in resp.read().decode().splitlines():
+                if line.startswith(name + " ") or line.startswith(name + "{"):
+                    return float(line.rsplit(" ", 1)[1])
+        raise KeyError(name)
+
+
+@contextlib.contextmanager
+def running_server(settings: ServerSettings, port: int | None = None) -> Iterator[ServerThread]:
+    server = ServerThread(settings, port).start()
+    try:
+        yield server
+    finally:
+        server.stop()
