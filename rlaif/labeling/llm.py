@@ -168,15 +168,19 @@ class LocalChat:
     """
 
     def __init__(self, model_dir: Path, *, max_new_tokens: int = 128) -> None:
-        import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
+        try:
+            import torch
+            from transformers import AutoModelForCausalLM, AutoTokenizer
+        except ImportError as exc:
+            raise EndpointUnusable(f"--local-model needs torch and transformers ({exc}); "
+                                   f"pip install 'rlaif-operator[trainer]'") from None
         if not model_dir.is_dir():
             raise EndpointUnusable(f"--local-model: directory {str(model_dir)!r} does not exist")
         self._torch = torch
-        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
-        self.model = AutoModelForCausalLM.from_pretrained(model_dir).to(self.device).eval()
+        model = AutoModelForCausalLM.from_pretrained(model_dir)
+        self.model = model.to(self.device).eval()  # type: ignore[arg-type]  # transformers' stub
         self.max_new_tokens = max_new_tokens
         self._lock = asyncio.Lock()
 
