@@ -59,7 +59,8 @@ async def label_sentence(client: ChatClient, text: str, schema: LabelSchema,
     Raises EndpointError when the endpoint itself kept failing (nothing is recorded, so a
     rerun tries again) and EndpointUnusable when no request can succeed.
     """
-    messages, errors = build_messages(text, schema), list[str]()
+    messages = build_messages(text, schema)
+    errors: list[str] = []
     for _ in range(retries + 1):
         try:
             answer = await client.complete(messages)

@@ -23,8 +23,9 @@ log = logging.getLogger(__name__)
 
 Messages = list[dict[str, str]]
 
-# Statuses worth retrying: rate limits, server overload and gateway errors.
-RETRY_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504})
+# Statuses worth retrying besides every 5xx (the OpenAI SDK's choice): timeouts, conflicts
+# and rate limits.
+RETRY_STATUSES = frozenset({408, 409, 429})
 # Statuses no request of this run can get past: stop instead of failing every sentence.
 FATAL_STATUSES = {401: "unauthorised: check the API key variable",
                   403: "forbidden: the key may not use this model",
@@ -132,7 +133,7 @@ class OpenAIChat:
             if resp.status in FATAL_STATUSES:
                 raise EndpointUnusable(f"{self.url}: HTTP {resp.status} "
                                        f"{FATAL_STATUSES[resp.status]} ({text[:200]})")
-            if resp.status in RETRY_STATUSES:
+            if resp.status in RETRY_STATUSES or resp.status >= 500:
                 raise _Retry(f"HTTP {resp.status}: {text[:200]}",
                              retry_after_seconds(resp.headers.get("Retry-After")))
             if resp.status >= 400:

@@ -51,6 +51,7 @@ class Reply:
     status: int = 200
     headers: dict[str, str] = field(default_factory=dict)
     delay_s: float = 0.0
+    raw: dict | None = None  # a whole response body instead of a chat completion
 
 
 @dataclass
@@ -81,6 +82,8 @@ class StandInLLM:
         replies = self.script.get(sentence, [Reply()])
         reply = replies[min(len(self.requests_for(sentence)), len(replies)) - 1]
         await asyncio.sleep(reply.delay_s or self.delay_s)
+        if reply.raw is not None:
+            return web.json_response(reply.raw)
         if reply.status != 200:
             return web.json_response({"error": {"message": "scripted"}}, status=reply.status,
                                      headers=reply.headers)
@@ -207,6 +210,14 @@ def test_429_with_retry_after_and_5xx_are_retried(tmp_path: Path) -> None:
     assert second.time - first.time >= 1.0  # waited as long as Retry-After asked
     assert len(llm.requests_for(flaky)) == 3
     assert {r["text"] for r in read_records(tmp_path / "p.jsonl", SCHEMA)} == {limited, flaky}
+
+
+def test_a_response_that_is_not_a_chat_completion_is_retried(tmp_path: Path) -> None:
+    odd = "A gateway answered this."
+    llm = StandInLLM({odd: [Reply(raw={"status": "queued"}), Reply()]})
+    with serve(llm) as url:
+        stats = run_label_all([odd], tmp_path / "p.jsonl", url)
+    assert stats.labelled == 1 and len(llm.requests_for(odd)) == 2
 
 
 def test_timeouts_are_retried(tmp_path: Path) -> None:
