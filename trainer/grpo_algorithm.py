@@ -1,0 +1,155 @@
+"""GRPO on an autoregressive speech policy (prosody-lm, codec-lm) under DeepSpeed.
+
+In pipeline order: sample G completions per prompt and render each one (handing its audio
+to the loop at once so scoring overlaps generation); then, given the rewards, group
+advantages, log-probs under the current and the reference policy (LoRA disabled), the
+clipped, KL-regularised loss, and one DeepSpeed optimizer step per inner iteration.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from rlaif.config import TrainerConfig
+from rlaif.data import Prompt
+from rlaif.trainer.algorithm import AudioSink, Rollout
+from rlaif.trainer.distributed import all_any
+from rlaif.trainer.engine import build_engine, compute_dtype
+from rlaif.trainer.grpo import GRPOLossConfig, group_advantages, grpo_loss, zero_variance_groups
+from rlaif.trainer.policies import Completions, SpeechLMPolicy, load_policy
+
+ENGINE_TAG = "engine"
+
+
+@dataclass
+class GroupSamples:
+    """One prompt's completions, what the update needs of a rollout."""
+
+    prompt: Prompt
+    completions: Completions
+
+
+class GRPOAlgorithm:
+    """The Algorithm seam (trainer/algorithm.py) for GRPO."""
+
+    def __init__(self, config: TrainerConfig, policy: SpeechLMPolicy, dtype: torch.dtype):
+        spec = config.spec
+        self.grpo = spec.grpo
+        self.policy = policy
+        self.group_size = spec.grpo.group_size
+        self.loss_cfg = GRPOLossConfig(
+            kl_coef=spec.grpo.kl_coef, clip_epsilon=spec.grpo.clip_epsilon,
+            clip_epsilon_high=spec.grpo.clip_epsilon_high,
+            normalization=spec.grpo.loss_normalization, max_tokens=spec.grpo.max_new_tokens)
+        if spec.grpo.kl_coef > 0:
+            policy.enable_reference()
+        self.zero_stage = spec.trainer.deepspeed.zero_stage
+        self.engine = build_engine(policy.model, policy.trainable_parameters(),
+                                   spec.trainer.deepspeed, spec.grpo.learning_rate, dtype,
+                                   micro_batches=spec.grpo.batch_size,
+                                   updates_per_step=spec.grpo.inner_iterations)
+
+    # ------------------------------------------------------------------ rollout
+
+    def rollout(self, prompts: Sequence[Prompt], on_audio: AudioSink | None = None) -> Rollout:
+        groups, audio, lengths, entropies = [], [], [], []
+        for prompt in prompts:
+            done = self.policy.sample(prompt, self.group_size, self.grpo.max_new_tokens,
+                                      self.grpo.temperature, self.grpo.top_p)
+            groups.append(GroupSamples(prompt, done))
+            lengths.append(float(done.mask.sum(1).mean()))
+            entropies.append(done.entropy)
+            for tokens in self.policy.completion_tokens(done.ids, done.mask):
+                wave = self.policy.render(tokens, prompt)
+                if on_audio is not None:
+                    on_audio(len(audio), wave)
+                audio.append(wave)
+        stats = {"completion_length": float(np.mean(lengths)),
+                 "entropy": float(np.mean(entropies))}
+        return Rollout(prompts, audio, self.group_size, data=groups, stats=stats)
+
+    def describe(self, rollout: Rollout) -> list[str]:
+        """Each sample's completion in readable form (prosody programs, token counts)."""
+        return [self.policy.describe(t) for g in rollout.data
+                for t in self.policy.completion_tokens(g.completions.ids, g.completions.mask)]
+
+    # ------------------------------------------------------------------ update
+
+    def update(self, rollout: Rollout, rewards: np.ndarray) -> dict[str, float]:
+        groups: list[GroupSamples] = rollout.data
+        r = torch.as_tensor(rewards, dtype=torch.float32).view(len(groups), self.group_size)
+        advantages = group_advantages(r, scale=self.grpo.scale_rewards)
+        tied = zero_variance_groups(r)
+        stats = {"zero_variance_groups": float(tied.float().mean()), "loss": 0.0, "kl": 0.0,
+                 "clip_fraction": 0.0, "skipped": 1.0}
+        if not all_any(not bool(tied.all())):  # RLAIF-SPA: no group on any rank has signal
+            return stats
+        temperature = self.grpo.temperature
+        with torch.no_grad():
+            ref = self._reference_logprobs(groups)
+            old = ([self.policy.logprobs(g.prompt, g.completions.ids, temperature)
+                    for g in groups] if self.grpo.inner_iterations > 1 else None)
+        totals: dict[str, float] = {"loss": 0.0, "kl": 0.0, "clip_fraction": 0.0}
+        n = 0
+        for _ in range(self.grpo.inner_iterations):
+            for b, g in enumerate(groups):
+                logp = self.policy.logprobs(g.prompt, g.completions.ids, temperature)
+                old_logp = old[b] if old is not None else logp.detach()
+                loss, part = grpo_loss(logp, old_logp, None if ref is None else ref[b],
+                                       advantages[b].to(logp.device),
+                                       g.completions.mask.to(logp.device), self.loss_cfg)
+                if bool(tied[b]):
+                    loss = loss * 0.0  # keeps every rank's backward/step calls in lockstep
+                self.engine.backward(loss)
+                self.engine.step()
+                totals["loss"] += float(loss.detach())
+                totals["kl"] += part["kl"]
+                totals["clip_fraction"] += part["clip_fraction"]
+                n += 1
+        stats.update({k: v / n for k, v in totals.items()}, skipped=0.0,
+                     learning_rate=float(self.engine.get_lr()[0]))
+        return stats
+
+    def _reference_logprobs(self, groups: list[GroupSamples]) -> list[torch.Tensor] | None:
+        if self.loss_cfg.kl_coef == 0:
+            return None
+        with self.policy.reference_model() as ref:
+            return [self.policy.logprobs(g.prompt, g.completions.ids, self.grpo.temperature,
+                                         model=ref) for g in groups]
+
+    # ------------------------------------------------------------------ state
+
+    def save_state(self, directory: Path) -> None:
+        self.engine.save_checkpoint(str(directory), tag=ENGINE_TAG, save_latest=False,
+                                    exclude_frozen_parameters=True)
+
+    def load_state(self, directory: Path) -> None:
+        path, _ = self.engine.load_checkpoint(str(directory), tag=ENGINE_TAG,
+                                              load_module_strict=False)
+        if path is None:
+            raise FileNotFoundError(f"{directory}: no DeepSpeed state under tag {ENGINE_TAG!r}")
+
+    def save_final(self, out: Path) -> None:
+        import deepspeed
+        import torch.distributed as dist
+
+        params: Any = self.policy.trainable_parameters() if self.zero_stage == 3 else []
+        with deepspeed.zero.GatheredParameters(params, enabled=self.zero_stage == 3):
+            if not dist.is_initialized() or dist.get_rank() == 0:
+                self.policy.save_pretrained(out)
+
+
+def build_algorithm(config: TrainerConfig, rank: int, world_size: int) -> GRPOAlgorithm:
+    """The loop's entry point: policy on this rank's device, wrapped in a DeepSpeed engine."""
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = (torch.device("cuda", local_rank) if torch.cuda.is_available()
+              else torch.device("cpu"))
+    dtype = compute_dtype(config.spec.policy.dtype)
+    return GRPOAlgorithm(config, load_policy(config.spec.policy, device, dtype), dtype)

@@ -1,0 +1,288 @@
+"""The training loop shared by every algorithm: data, rewards, checkpoints, metrics.
+
+Per step: take this rank's prompts, roll out (each group of audio goes to the reward
+servers as soon as it is rendered, so scoring overlaps generation), wait for the
+remaining scores, update, reduce the metrics over ranks, log on rank 0, checkpoint every
+``checkpoint.everySteps``. A stop request (SIGTERM, SIGINT, or a STOP file in the output
+directory) ends the run after the current step with a checkpoint; every rank agrees on it.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from rlaif.config import TrainerConfig
+from rlaif.data import Prompt, load_prompts
+from rlaif.reward_client import RewardClient, RewardScores, ScoreItem
+from rlaif.trainer.algorithm import Algorithm
+from rlaif.trainer.audio import write_wav
+from rlaif.trainer.checkpoint import Checkpoints
+from rlaif.trainer.distributed import DistContext, all_any
+from rlaif.trainer.metrics import (
+    MetricsLog,
+    PrometheusExporter,
+    Record,
+    plot_rewards,
+    summarize,
+    write_summary,
+)
+
+log = logging.getLogger(__name__)
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_STOPPED = 130
+"""Stopped on request after writing a checkpoint; running again resumes."""
+
+STOP_FILE = "STOP"
+
+
+class PromptSampler:
+    """Which prompts rank ``rank`` trains on at each step: a pure function of the step.
+
+    Global position ``i`` maps to epoch ``i // n`` and a seeded permutation of that epoch,
+    so resuming needs only the step number, and ranks never share a prompt within a step.
+    """
+
+    def __init__(self, prompts: Sequence[Prompt], per_rank: int, ctx: DistContext,
+                 seed: int, shuffle: bool) -> None:
+        self.prompts, self.per_rank, self.ctx = list(prompts), per_rank, ctx
+        self.seed, self.shuffle = seed, shuffle
+        self._epoch, self._order = -1, np.arange(len(self.prompts))
+
+    def position(self, step: int) -> int:
+        """Prompts consumed by all ranks after ``step`` steps."""
+        return step * self.per_rank * self.ctx.world_size
+
+    def batch(self, step: int) -> list[Prompt]:
+        """This rank's prompts for ``step`` (1-based)."""
+        start = self.position(step - 1) + self.ctx.rank * self.per_rank
+        return [self._at(start + j) for j in range(self.per_rank)]
+
+    def _at(self, i: int) -> Prompt:
+        epoch, k = divmod(i, len(self.prompts))
+        if self.shuffle and epoch != self._epoch:
+            self._epoch = epoch
+            self._order = np.random.default_rng([self.seed, epoch]).permutation(len(self.prompts))
+        return self.prompts[int(self._order[k])]
+
+
+@dataclass
+class StopRequest:
+    """Set by a signal or a STOP file; read once per step."""
+
+    stop_file: Path | None = None
+    flag: threading.Event = field(default_factory=threading.Event)
+
+    def install_signal_handlers(self) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: self.flag.set())
+
+    def requested(self) -> bool:
+        return self.flag.is_set() or bool(self.stop_file and self.stop_file.exists())
+
+
+class RewardCollector:
+    """Turns rendered samples into reward requests, one per group (or all at once)."""
+
+    def __init__(self, client: RewardClient, prompts: Sequence[Prompt], group_size: int,
+                 step: int, rank: int, overlap: bool) -> None:
+        self.client, self.prompts, self.group_size = client, prompts, group_size
+        self.prefix, self.overlap = f"s{step}r{rank}-", overlap
+        self.pending: list[ScoreItem] = []
+        self.futures: list[Any] = []
+        self.seen = 0
+
+    def __call__(self, index: int, audio: np.ndarray) -> None:
+        prompt = self.prompts[index // self.group_size]
+        self.pending.append(ScoreItem(id=f"{self.prefix}{index}", audio=audio,
+                                      text=prompt.text, labels=dict(prompt.labels)))
+        self.seen += 1
+        if self.overlap and len(self.pending) == self.group_size:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.pending:
+            self.futures.append(self.client.submit(self.pending))
+            self.pending = []
+
+    def result(self, audio: Sequence[np.ndarray]) -> RewardScores:
+        """All scores in rollout order (samples the algorithm never handed over sent now)."""
+        for i in range(self.seen, len(audio)):
+            self(i, audio[i])
+        self.flush()
+        return RewardScores.concat([f.result() for f in self.futures])
+
+
+def numeric_detail_means(scores: RewardScores) -> dict[str, float]:
+    """Mean of each numeric detail a server reports (wer, mos, alignment...) per reward."""
+    out: dict[str, float] = {}
+    for name, details in scores.details.items():
+        fields: dict[str, list[float]] = {}
+        for d in details:
+            for k, v in d.items():
+                if isinstance(v, (int, float)) and not isinstance(v, bool):
+                    fields.setdefault(k, []).append(float(v))
+        out.update({f"{name}/{k}": float(np.mean(v)) for k, v in fields.items()})
+    return out
+
+
+def reduce_record(local: dict[str, float], rewards: np.ndarray) -> Record:
+    """Metrics over all ranks: exact reward mean/std, other figures averaged over ranks."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        parts, totals = [local], rewards
+    else:
+        gathered: list[Any] = [None] * dist.get_world_size()
+        dist.all_gather_object(gathered, (local, rewards.tolist()))
+        parts = [p for p, _ in gathered]
+        totals = np.concatenate([np.asarray(r) for _, r in gathered])
+    keys = sorted({k for p in parts for k in p})
+    record: Record = {k: float(np.mean([p[k] for p in parts if k in p])) for k in keys}
+    record["reward_mean"] = float(np.mean(totals))
+    record["reward_std"] = float(np.std(totals))
+    return record
+
+
+class TrainingLoop:
+    def __init__(self, config: TrainerConfig, ctx: DistContext, algorithm: Algorithm,
+                 client: RewardClient, *, overlap: bool = True,
+                 stop: StopRequest | None = None) -> None:
+        self.config, self.ctx, self.algorithm, self.client = config, ctx, algorithm, client
+        self.spec = config.spec
+        self.overlap = overlap
+        self.out = Path(config.output_dir)
+        self.stop = stop or StopRequest(self.out / STOP_FILE)
+        prompts = load_prompts(config.resolve_path(self.spec.data.prompts),
+                               self.spec.label_schema)
+        settings = self.spec.grpo if self.spec.algorithm == "grpo" else self.spec.dlpo
+        self.group_size, per_rank = settings.group_size, settings.batch_size
+        self.sampler = PromptSampler(prompts, per_rank, ctx, self.spec.seed,
+                                     self.spec.data.shuffle)
+        self.checkpoints = Checkpoints(Path(config.checkpoint_dir), self.spec.checkpoint.keep,
+                                       ctx)
+        self.metrics = MetricsLog(self.out / "metrics.jsonl") if ctx.is_main else None
+        self.exporter: PrometheusExporter | None = None
+        self.last_checkpoint = 0
+
+    # ------------------------------------------------------------------ run
+
+    def run(self) -> int:
+        """Train from the newest checkpoint to spec.steps; returns EXIT_OK or EXIT_STOPPED."""
+        start = self._resume()
+        if self.ctx.is_main:
+            self.exporter = PrometheusExporter(self.config.metrics_port)
+            self.exporter.update({"step": start, "total_steps": self.spec.steps,
+                                  "last_checkpoint_step": start})
+        try:
+            for step in range(start + 1, self.spec.steps + 1):
+                record = self.step(step)
+                stop = all_any(self.stop.requested())
+                if step % self.spec.checkpoint.every_steps == 0 or step == self.spec.steps \
+                        or stop:
+                    self.save(step)
+                    record["last_checkpoint_step"] = step
+                self._log(record)
+                if stop:
+                    log.info("stop requested: checkpoint at step %d written, exiting", step)
+                    return EXIT_STOPPED
+            self.finish()
+            return EXIT_OK
+        finally:
+            if self.exporter is not None:
+                self.exporter.close()
+
+    def _resume(self) -> int:
+        found = self.checkpoints.latest()
+        start = 0
+        if found is not None:
+            step, path = found
+            meta = self.checkpoints.load(path, self.algorithm)
+            start = int(meta["step"])
+            self.last_checkpoint = start
+            log.info("resumed from %s (step %d)", path, step)
+        if self.metrics is not None:
+            self.metrics.truncate_after(start)
+        return start
+
+    def save(self, step: int) -> None:
+        self.checkpoints.save(step, self.algorithm,
+                              {"data_position": self.sampler.position(step)})
+        self.last_checkpoint = step
+
+    # ------------------------------------------------------------------ one step
+
+    def step(self, step: int) -> Record:
+        t0 = time.perf_counter()
+        prompts = self.sampler.batch(step)
+        collector = RewardCollector(self.client, prompts, self.group_size, step,
+                                    self.ctx.rank, self.overlap)
+        rollout = self.algorithm.rollout(prompts, on_audio=collector)
+        t1 = time.perf_counter()
+        scores = collector.result(rollout.audio)
+        t2 = time.perf_counter()
+        update = self.algorithm.update(rollout, scores.total)
+        t3 = time.perf_counter()
+        local = {**rollout.stats, **update,
+                 **{f"reward/{n}": float(np.mean(v)) for n, v in scores.per_reward.items()},
+                 **{f"reward_errors/{n}": float(v) for n, v in scores.errors.items()},
+                 **numeric_detail_means(scores),
+                 "time_generate": t1 - t0, "time_reward_wait": t2 - t1, "time_update": t3 - t2}
+        if self.ctx.is_main and step in (1, self.spec.steps):
+            self._write_samples(step, rollout, scores)
+        record = reduce_record(local, scores.total)
+        seconds = time.perf_counter() - t0
+        record.update(step=step, total_steps=self.spec.steps, time=time.time(),
+                      step_seconds=seconds, time_other=max(0.0, seconds - (t3 - t0)),
+                      samples_per_second=len(scores.total) * self.ctx.world_size / seconds,
+                      last_checkpoint_step=self.last_checkpoint)
+        return record
+
+    def _write_samples(self, step: int, rollout: Any, scores: RewardScores) -> None:
+        describe = getattr(self.algorithm, "describe", None)
+        names = describe(rollout) if describe else [""] * len(rollout.audio)
+        folder = self.out / "samples" / f"step-{step:06d}"
+        for i, (audio, name) in enumerate(zip(rollout.audio, names, strict=True)):
+            write_wav(folder / f"{i:02d}-reward{scores.total[i]:.3f}.wav", audio)
+            if name:
+                with open(folder / "programs.txt", "a") as f:
+                    f.write(f"{i:02d}\t{scores.total[i]:.3f}\t{name}\n")
+
+    def _log(self, record: Record) -> None:
+        if self.metrics is not None:
+            self.metrics.append(record)
+        if self.exporter is not None:
+            self.exporter.update(record)
+        if self.ctx.is_main:
+            log.info("step %d/%d reward %.3f±%.3f kl %.4f loss %.4f %.1fs", record["step"],
+                     record["total_steps"], record["reward_mean"], record["reward_std"],
+                     record.get("kl", 0.0), record.get("loss", 0.0), record["step_seconds"])
+
+    # ------------------------------------------------------------------ end
+
+    def finish(self) -> None:
+        """Final adapter (every rank: ZeRO-3 gathers), then summary and curve on rank 0."""
+        self.algorithm.save_final(self.out / "adapter")
+        if self.metrics is None:
+            return
+        records = self.metrics.records()
+        write_summary(self.out / "summary.json", summarize(records))
+        plot_rewards(records, self.out / "reward_curve.png")
+
+
+def seed_everything(seed: int) -> None:
+    import random
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)

@@ -1,0 +1,132 @@
+"""``rlaif train --config FILE``: the trainer entry point, in pods and under ``rlaif run``.
+
+Run without a launcher it decides the topology from the config (spec.trainer.nodes x
+processesPerNode) and the environment (MASTER_ADDR, MASTER_PORT, NODE_RANK):
+
+- 1 rank: trains in this process (rank 0 of 1);
+- 1 node, M ranks: ``deepspeed --num_gpus M --master_port P --module rlaif.trainer.main``;
+- N nodes: ``torchrun`` with a static rendezvous at MASTER_ADDR:MASTER_PORT (no ssh, which
+  pods do not have), one launcher per pod with its NODE_RANK.
+
+A process started by a launcher (LOCAL_RANK set) is one rank and trains.
+Exit codes: 0 done, 1 failed, 130 stopped on request after a checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import sys
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from rlaif import constants as c
+from rlaif.config import TrainerConfig
+
+log = logging.getLogger("rlaif.trainer")
+
+ALGORITHMS = {"grpo": "rlaif.trainer.grpo_algorithm", "dlpo": "rlaif.trainer.dlpo"}
+
+
+class ConfigError(ValueError):
+    """A trainer config that cannot be read; the message names the file and field."""
+
+
+def load_config(path: Path) -> TrainerConfig:
+    from rlaif.api.validation import pydantic_errors
+
+    try:
+        return TrainerConfig.load(path)
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read trainer config: {exc.strerror}") from None
+    except ValidationError as exc:
+        raise ConfigError("\n".join(f"{path}: {e}" for e in pydantic_errors(exc))) from None
+
+
+def launcher_command(config_path: Path, nodes: int, per_node: int, env: dict[str, str]
+                     ) -> list[str] | None:
+    """The launcher argv for this topology, or None to train in this process."""
+    if nodes * per_node == 1:
+        return None
+    port = env.get("MASTER_PORT", str(c.RENDEZVOUS_PORT))
+    target = ["--config", str(config_path)]
+    if nodes == 1:
+        return [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", str(per_node),
+                "--master_addr", env.get("MASTER_ADDR", "127.0.0.1"), "--master_port", port,
+                "--no_local_rank", "--module", "rlaif.trainer.main", *target]
+    return [sys.executable, "-m", "torch.distributed.run", f"--nnodes={nodes}",
+            f"--nproc-per-node={per_node}", f"--node-rank={env.get('NODE_RANK', '0')}",
+            f"--master-addr={env['MASTER_ADDR']}", f"--master-port={port}",
+            "-m", "rlaif.trainer.main", *target]
+
+
+def configure_logging() -> None:
+    rank = os.environ.get("RANK", "0")
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format=f"%(asctime)s rank{rank} %(levelname)s %(name)s: %(message)s")
+
+
+def set_cpu_threads() -> None:
+    """Share the cores between the ranks of this machine instead of oversubscribing them."""
+    import torch
+
+    if not torch.cuda.is_available():
+        local = int(os.environ.get("LOCAL_WORLD_SIZE") or os.environ.get("LOCAL_SIZE") or 1)
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // local))
+
+
+def run_rank(config: TrainerConfig, *, overlap: bool = True) -> int:
+    """Train as one rank of the job (joining the process group the launcher set up)."""
+    from rlaif.reward_client import RewardClient, RewardUnavailable
+    from rlaif.trainer.distributed import init_distributed
+    from rlaif.trainer.loop import EXIT_FAILED, StopRequest, TrainingLoop, seed_everything
+
+    set_cpu_threads()
+    ctx = init_distributed()
+    seed_everything(config.spec.seed)  # identical initial weights (LoRA) on every rank
+    module = importlib.import_module(ALGORITHMS[config.spec.algorithm])
+    algorithm = module.build_algorithm(config, ctx.rank, ctx.world_size)
+    seed_everything(config.spec.seed + 7919 * ctx.rank)  # different samples per rank
+    stop = StopRequest(Path(config.output_dir) / "STOP")
+    stop.install_signal_handlers()
+    client = RewardClient(config.rewards)
+    try:
+        return TrainingLoop(config, ctx, algorithm, client, overlap=overlap, stop=stop).run()
+    except RewardUnavailable as exc:
+        log.error("training failed: %s", exc)
+        return EXIT_FAILED
+    finally:
+        client.close()
+
+
+def train_command(args: argparse.Namespace) -> int:
+    """``rlaif train --config FILE``."""
+    configure_logging()
+    path = Path(args.config)
+    try:
+        config = load_config(path)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    if "LOCAL_RANK" not in os.environ:
+        trainer = config.spec.trainer
+        argv = launcher_command(path.resolve(), trainer.nodes, trainer.processes_per_node,
+                                dict(os.environ))
+        if argv is not None:
+            log.info("launching %d x %d ranks: %s", trainer.nodes, trainer.processes_per_node,
+                     " ".join(argv))
+            os.execv(argv[0], argv)
+    return run_rank(config)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="rlaif.trainer.main")
+    parser.add_argument("--config", required=True)
+    return train_command(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,158 @@
+"""Step metrics: the JSONL log, the Prometheus endpoint, the summary and the reward curve.
+
+Only rank 0 writes. metrics.jsonl has one JSON object per step, each step exactly once:
+on resume the lines past the checkpoint are dropped before training continues.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from rlaif.trainer.files import atomic_write_text, fsync_dir
+
+Record = dict[str, Any]
+
+PHASES = ("generate", "reward_wait", "update", "other")
+"""The step-time breakdown, each as ``time_<phase>`` seconds in a record."""
+
+GAUGES = {
+    "rlaif_step": ("step", "Last completed training step."),
+    "rlaif_total_steps": ("total_steps", "Steps the job will run."),
+    "rlaif_reward_mean": ("reward_mean", "Mean total (weighted) reward of the last step."),
+    "rlaif_reward_std": ("reward_std", "Std of the total reward of the last step."),
+    "rlaif_kl": ("kl", "Mean k3 KL to the reference policy."),
+    "rlaif_loss": ("loss", "Policy loss."),
+    "rlaif_clip_fraction": ("clip_fraction", "Fraction of tokens where the PPO clip acted."),
+    "rlaif_entropy": ("entropy", "Mean sampling entropy per token."),
+    "rlaif_completion_length": ("completion_length", "Mean generated tokens per sample."),
+    "rlaif_step_seconds": ("step_seconds", "Wall time of the last step."),
+    "rlaif_samples_per_second": ("samples_per_second", "Samples generated and scored per "
+                                                       "second, all ranks."),
+    "rlaif_last_checkpoint_step": ("last_checkpoint_step", "Step of the newest checkpoint."),
+}
+
+
+class MetricsLog:
+    """Append-only metrics.jsonl, fsynced per line."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+
+    def records(self) -> list[Record]:
+        if not self.path.exists():
+            return []
+        out = []
+        for line in self.path.read_text().splitlines():
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:  # a torn last line from a crash
+                continue
+        return out
+
+    def truncate_after(self, step: int) -> None:
+        """Keep only steps <= ``step`` (once each), dropping torn lines: resume continues here."""
+        kept: dict[int, Record] = {}
+        for rec in self.records():
+            if isinstance(rec.get("step"), int) and rec["step"] <= step:
+                kept.setdefault(rec["step"], rec)
+        text = "".join(json.dumps(kept[s]) + "\n" for s in sorted(kept))
+        atomic_write_text(self.path, text)
+
+    def append(self, record: Record) -> None:
+        new = not self.path.exists()
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        if new:
+            fsync_dir(self.path.parent)
+
+
+class PrometheusExporter:
+    """``/metrics`` on rank 0 (scraped by the operator into RLAIFJob.status)."""
+
+    def __init__(self, port: int) -> None:
+        from prometheus_client import CollectorRegistry, Gauge, start_http_server
+
+        self.registry = CollectorRegistry()
+        self.gauges = {key: Gauge(name, doc, registry=self.registry)
+                       for name, (key, doc) in GAUGES.items()}
+        self.by_reward = Gauge("rlaif_reward_mean_by_name", "Mean score of one reward [0, 1].",
+                               ["reward"], registry=self.registry)
+        self.phase = Gauge("rlaif_step_phase_seconds", "Step-time breakdown of the last step.",
+                           ["phase"], registry=self.registry)
+        self.server, self.thread = start_http_server(port, registry=self.registry)
+
+    def update(self, record: Record) -> None:
+        for key, gauge in self.gauges.items():
+            if isinstance(record.get(key), (int, float)):
+                gauge.set(record[key])
+        for key, value in record.items():
+            if key.startswith("reward/") and key.count("/") == 1:
+                self.by_reward.labels(reward=key.split("/", 1)[1]).set(value)
+        for phase in PHASES:
+            self.phase.labels(phase=phase).set(record.get(f"time_{phase}", 0.0))
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def window_mean(records: list[Record], key: str, first: bool, n: int) -> float | None:
+    """Mean of ``key`` over the first (or last) ``n`` records that have it."""
+    values = [r[key] for r in records if isinstance(r.get(key), (int, float))]
+    part = values[:n] if first else values[-n:]
+    return float(sum(part) / len(part)) if part else None
+
+
+def summarize(records: list[Record], window: int = 5) -> Record:
+    """Run totals: steps, reward at the start and the end (means over ``window`` steps)."""
+    reward_keys = sorted({k for r in records for k in r if k.startswith("reward/")})
+    summary: Record = {
+        "steps": len(records),
+        "last_step": records[-1]["step"] if records else 0,
+        "reward_first": window_mean(records, "reward_mean", True, window),
+        "reward_last": window_mean(records, "reward_mean", False, window),
+        "seconds": sum(r.get("step_seconds", 0.0) for r in records),
+        "samples_per_second": window_mean(records, "samples_per_second", False, len(records)),
+        "by_reward": {k.split("/", 1)[1]: {"first": window_mean(records, k, True, window),
+                                           "last": window_mean(records, k, False, window)}
+                      for k in reward_keys},
+        "time_breakdown": {p: sum(r.get(f"time_{p}", 0.0) for r in records) for p in PHASES},
+    }
+    return summary
+
+
+def write_summary(path: Path, summary: Record) -> None:
+    atomic_write_text(path, json.dumps(summary, indent=1))
+
+
+def plot_rewards(records: Iterable[Record], path: Path) -> None:
+    """The reward curve: total and each reward's mean per step."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    records = list(records)
+    steps = [r["step"] for r in records]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot(steps, [r.get("reward_mean", math.nan) for r in records], lw=2, label="total")
+    for key in sorted({k for r in records for k in r if k.startswith("reward/")}):
+        ax.plot(steps, [r.get(key, math.nan) for r in records], lw=1, alpha=0.8,
+                label=key.split("/", 1)[1])
+    ax.set_xlabel("step")
+    ax.set_ylabel("reward")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="best", fontsize=8)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, path)
