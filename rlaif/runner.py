@@ -1,0 +1,333 @@
+"""``rlaif run JOB.yaml``: the whole job on this machine, no cluster.
+
+Validates the manifest and every model path before starting anything, starts each reward
+server as a local process on a free port and waits for ``/readyz``, writes the trainer
+config and runs ``rlaif train`` (which uses the DeepSpeed launcher for more than one rank),
+follows metrics.jsonl with a progress bar, and on every exit path stops every child
+process group it started. Running it again with the same ``--out`` resumes from the newest
+checkpoint.
+
+Exit codes: 0 done, 1 training failed, 2 invalid job, 3 a reward server did not start,
+130 interrupted (Ctrl-C: the trainer checkpointed and stopped; run again to resume).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from rlaif.api.models import RLAIFJob
+from rlaif.api.validation import FieldError, InvalidManifest, load_job
+from rlaif.config import RewardEndpoint, TrainerConfig
+from rlaif.data import PromptFileError, load_prompts
+
+EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_REWARDS, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+STOP_GRACE_S = 10.0
+"""How long a child gets between SIGTERM and SIGKILL when the run is torn down."""
+
+
+class RunError(RuntimeError):
+    """Why the run could not go on, with the exit code to report."""
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+# --------------------------------------------------------------------------- children
+
+
+@dataclass
+class Child:
+    """A child process in its own process group (so its descendants die with it)."""
+
+    name: str
+    proc: subprocess.Popen[bytes]
+    log: Path
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def log_tail(self, lines: int = 20) -> str:
+        try:
+            text = self.log.read_text(errors="replace").splitlines()
+        except OSError:
+            return "(no log)"
+        return "\n".join(text[-lines:])
+
+    def stop(self, grace_s: float = STOP_GRACE_S) -> None:
+        """SIGTERM the whole group, SIGKILL what is left after ``grace_s``."""
+        for sig, wait in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5.0)):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.proc.pid, sig)
+            try:
+                self.proc.wait(timeout=wait)
+            except subprocess.TimeoutExpired:
+                continue
+            # the leader is gone; make sure no descendant outlives it
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            return
+
+
+def spawn(name: str, argv: list[str], log: Path, env: dict[str, str] | None = None) -> Child:
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "ab") as f:
+        proc = subprocess.Popen(argv, stdout=f, stderr=subprocess.STDOUT, env=env,
+                                start_new_session=True, stdin=subprocess.DEVNULL)
+    return Child(name, proc, log)
+
+
+# --------------------------------------------------------------------------- set-up
+
+
+def prepare_job(path: Path, steps: int | None, ranks: int | None) -> RLAIFJob:
+    """The validated job with command-line overrides; raises RunError(EXIT_INVALID)."""
+    try:
+        job = load_job(path, check_paths=True)
+    except InvalidManifest as exc:
+        raise RunError("\n".join(str(e) for e in exc.errors), EXIT_INVALID) from None
+    errors = [FieldError(f"spec.rewards[{i}].serverRef", "a shared RewardServer cannot run "
+                         "locally; give this reward a kind and a model")
+              for i, r in enumerate(job.spec.rewards) if r.server_ref is not None]
+    if steps is not None:
+        if steps < 1:
+            errors.append(FieldError("--steps", "must be at least 1"))
+        job.spec.steps = steps
+    if ranks is not None:
+        if ranks < 1:
+            errors.append(FieldError("--ranks", "must be at least 1"))
+        job.spec.trainer.processes_per_node = ranks
+    job.spec.trainer.nodes = 1
+    if errors:
+        raise RunError("\n".join(f"{path}: {e}" for e in errors), EXIT_INVALID)
+    prompts = Path(job.spec.data.prompts)
+    if not prompts.is_absolute():
+        prompts = path.resolve().parent / prompts
+    try:
+        load_prompts(prompts, job.spec.label_schema)
+    except PromptFileError as exc:
+        raise RunError(f"{path}: spec.data.prompts: {exc}", EXIT_INVALID) from None
+    return job
+
+
+def free_port() -> int:
+    from rlaif.trainer.distributed import free_port as _free_port
+
+    return _free_port()
+
+
+def start_reward_servers(job: RLAIFJob, out: Path) -> tuple[list[Child], list[RewardEndpoint]]:
+    """One local server process per reward, on a free port; returns them and their URLs."""
+    schema = out / "label-schema.yaml"
+    schema.write_text(yaml.safe_dump(job.spec.label_schema.model_dump(by_alias=True)))
+    children, endpoints = [], []
+    for reward in job.spec.rewards:
+        assert reward.kind is not None and reward.model is not None  # checked by validation
+        port = free_port()
+        argv = [sys.executable, "-m", "rlaif.cli", "reward", "serve", "--kind", reward.kind,
+                "--model", reward.model, "--host", "127.0.0.1", "--port", str(port),
+                "--max-batch", str(reward.max_batch), "--max-wait-ms", str(reward.max_wait_ms),
+                "--label-schema", str(schema)]
+        children.append(spawn(f"reward server {reward.name!r}", argv,
+                              out / "logs" / f"reward-{reward.name}.log"))
+        endpoints.append(RewardEndpoint(name=reward.name, kind=reward.kind,
+                                        url=f"http://127.0.0.1:{port}", weight=reward.weight))
+    return children, endpoints
+
+
+def wait_ready(servers: list[Child], endpoints: list[RewardEndpoint], timeout_s: float) -> None:
+    """Block until every server answers /readyz 200; RunError with the log tail otherwise."""
+    deadline = time.monotonic() + timeout_s
+    pending = dict(zip([e.url for e in endpoints], servers, strict=True))
+    while pending:
+        for url, child in list(pending.items()):
+            if not child.alive():
+                raise RunError(f"{child.name} exited with code {child.proc.returncode} before "
+                               f"it was ready; log {child.log}:\n{child.log_tail()}",
+                               EXIT_REWARDS)
+            if _ready(url):
+                del pending[url]
+        if pending and time.monotonic() > deadline:
+            child = next(iter(pending.values()))
+            raise RunError(f"{child.name} not ready after {timeout_s:.0f} s "
+                           f"(spec.runPolicy.rewardsReadyTimeoutSeconds); log {child.log}:\n"
+                           f"{child.log_tail()}", EXIT_REWARDS)
+        time.sleep(0.3)
+
+
+def _ready(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/readyz", timeout=2) as resp:
+            return bool(resp.status == 200)
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def write_trainer_config(job: RLAIFJob, job_path: Path, out: Path,
+                         endpoints: list[RewardEndpoint]) -> Path:
+    from rlaif.trainer.files import atomic_write_text
+
+    config = TrainerConfig(job_name=job.metadata.name, namespace=job.metadata.namespace,
+                           spec=job.spec, rewards=endpoints, output_dir=str(out),
+                           checkpoint_dir=str(out / "checkpoints"), metrics_port=free_port(),
+                           base_dir=str(job_path.resolve().parent))
+    path = out / "trainer.yaml"
+    atomic_write_text(path, config.dump())
+    return path
+
+
+# --------------------------------------------------------------------------- progress
+
+
+def follow_metrics(path: Path) -> Iterator[dict]:
+    """New complete lines of metrics.jsonl since the last call (a generator to poll)."""
+    offset = 0
+    while True:
+        records = []
+        if path.exists():
+            with open(path, "rb") as f:
+                if f.seek(0, os.SEEK_END) < offset:  # truncated on resume
+                    offset = 0
+                f.seek(offset)
+                data = f.read()
+            end = data.rfind(b"\n") + 1
+            offset += end
+            records = [json.loads(line) for line in data[:end].splitlines() if line.strip()]
+        yield from records
+        yield {}
+
+
+class Progress:
+    """A tqdm bar (step/total, reward, ETA) or plain lines."""
+
+    def __init__(self, total: int, plain: bool) -> None:
+        self.plain = plain
+        self.bar = None
+        if not plain:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, unit="step", dynamic_ncols=True)
+
+    def update(self, record: dict) -> None:
+        reward = f"{record['reward_mean']:.3f}"
+        if self.bar is not None:
+            self.bar.n = record["step"]
+            self.bar.set_postfix(reward=reward, kl=f"{record.get('kl', 0):.4f}", refresh=False)
+            self.bar.refresh()
+        else:
+            print(f"step {record['step']}/{record['total_steps']} reward {reward} "
+                  f"({record['step_seconds']:.1f} s)", flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def supervise(trainer: Child, servers: list[Child], out: Path, total: int, plain: bool) -> int:
+    """Follow the trainer until it exits; Ctrl-C asks it to checkpoint and stop."""
+    progress = Progress(total, plain)
+    metrics = follow_metrics(out / "metrics.jsonl")
+    interrupted = False
+    try:
+        while trainer.alive():
+            try:
+                for record in iter(lambda: next(metrics), {}):
+                    progress.update(record)
+                time.sleep(0.5)
+            except KeyboardInterrupt:
+                if interrupted:
+                    raise
+                interrupted = True
+                (out / "STOP").touch()
+                print("\nstopping after this step (checkpoint); Ctrl-C again to abort",
+                      file=sys.stderr, flush=True)
+        for record in iter(lambda: next(metrics), {}):
+            progress.update(record)
+    finally:
+        progress.close()
+    code = trainer.proc.returncode
+    if code == 0:
+        return EXIT_OK
+    if code == EXIT_INTERRUPTED or interrupted:
+        return EXIT_INTERRUPTED
+    dead = [s for s in servers if not s.alive()]
+    reason = "".join(f"\n{s.name} exited with code {s.proc.returncode}; log {s.log}:\n"
+                     f"{s.log_tail(10)}" for s in dead)
+    raise RunError(f"trainer failed with exit code {code}; log {trainer.log}:\n"
+                   f"{trainer.log_tail()}{reason}", EXIT_FAILED)
+
+
+# --------------------------------------------------------------------------- command
+
+
+def run(job_path: Path, out: Path | None = None, steps: int | None = None,
+        ranks: int | None = None, plain: bool = False) -> int:
+    job = prepare_job(job_path, steps, ranks)
+    out = (out or Path("runs") / job.metadata.name).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "STOP").unlink(missing_ok=True)
+    children: list[Child] = []
+    try:
+        servers, endpoints = start_reward_servers(job, out)
+        children += servers
+        print(f"starting {len(servers)} reward server(s); logs in {out / 'logs'}", flush=True)
+        wait_ready(servers, endpoints, job.spec.run_policy.rewards_ready_timeout_seconds)
+        config = write_trainer_config(job, job_path, out, endpoints)
+        ranks_n = job.spec.trainer.processes_per_node
+        print(f"training {job.metadata.name}: {job.spec.steps} steps on {ranks_n} rank(s); "
+              f"output in {out}", flush=True)
+        env = {k: v for k, v in os.environ.items()
+               if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE")}
+        env["MASTER_PORT"] = str(free_port())
+        trainer = spawn("trainer", [sys.executable, "-m", "rlaif.cli", "train", "--config",
+                                    str(config)], out / "logs" / "trainer.log", env)
+        children.append(trainer)
+        code = supervise(trainer, servers, out, job.spec.steps, plain)
+    finally:
+        for child in reversed(children):
+            child.stop()
+    if code == EXIT_OK:
+        print(_closing_note(out), flush=True)
+    elif code == EXIT_INTERRUPTED:
+        print(f"interrupted; run the same command again to resume from the checkpoint in "
+              f"{out / 'checkpoints'}", file=sys.stderr)
+    return code
+
+
+def _closing_note(out: Path) -> str:
+    try:
+        summary = json.loads((out / "summary.json").read_text())
+    except (OSError, ValueError):
+        return f"done; output in {out}"
+    if summary.get("reward_first") is None or summary.get("reward_last") is None:
+        return f"done; output in {out}"
+    return (f"done: reward {summary['reward_first']:.3f} (first steps) -> "
+            f"{summary['reward_last']:.3f} (last steps); adapter, metrics.jsonl, summary.json, "
+            f"reward_curve.png and samples/ in {out}")
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """``rlaif run JOB.yaml [--out DIR] [--steps N] [--ranks N] [--no-progress]``."""
+    try:
+        return run(Path(args.job), Path(args.out) if args.out else None, args.steps,
+                   args.ranks, args.no_progress)
+    except RunError as exc:
+        print(f"rlaif run: {exc}", file=sys.stderr)
+        return exc.code
+    except KeyboardInterrupt:
+        print("rlaif run: aborted; every child process was stopped", file=sys.stderr)
+        return EXIT_INTERRUPTED
