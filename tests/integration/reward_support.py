@@ -104,3 +104,58 @@ def running_server(settings: ServerSettings, port: int | None = None) -> Iterato
         yield server
     finally:
         server.stop()
+
+
+def build_tiny_qwen2_audio(out: Path) -> Path:
+    """A random Qwen2-Audio with a small byte-level BPE tokenizer, saved like a real one."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import (
+        PreTrainedTokenizerFast,
+        Qwen2AudioConfig,
+        Qwen2AudioForConditionalGeneration,
+        Qwen2AudioProcessor,
+        WhisperFeatureExtractor,
+    )
+
+    from rlaif.api.labels import LabelSchema
+    from rlaif.rewards.judge import judge_prompt
+
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|audio_bos|>", "<|AUDIO|>",
+                "<|audio_eos|>"]
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    corpus = [judge_prompt(LabelSchema()), '{"Structure": "Question", "Tone": "Interrogative"}']
+    tok.train_from_iterator(corpus, trainers.BpeTrainer(
+        vocab_size=400, special_tokens=specials,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>",
+                                        pad_token="<|endoftext|>")
+    processor = Qwen2AudioProcessor(feature_extractor=WhisperFeatureExtractor(feature_size=128),
+                                    tokenizer=tokenizer)
+    vocab = tok.get_vocab_size()
+    config = Qwen2AudioConfig(
+        audio_config={"d_model": 16, "encoder_layers": 1, "encoder_attention_heads": 2,
+                      "encoder_ffn_dim": 32, "num_mel_bins": 128},
+        text_config={"model_type": "qwen2", "vocab_size": vocab, "hidden_size": 16,
+                     "intermediate_size": 32, "num_hidden_layers": 1,
+                     "num_attention_heads": 2, "num_key_value_heads": 1,
+                     "eos_token_id": tok.token_to_id("<|im_end|>"),
+                     "pad_token_id": tok.token_to_id("<|endoftext|>")},
+        audio_token_index=tok.token_to_id("<|AUDIO|>"))
+    Qwen2AudioForConditionalGeneration(config).save_pretrained(out)
+    processor.save_pretrained(out)
+    return out
+
+
+def build_tiny_wavlm(out: Path) -> Path:
+    """A random WavLMForXVector from a small config, saved like a real checkpoint."""
+    from transformers import WavLMConfig, WavLMForXVector
+
+    config = WavLMConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                         intermediate_size=64, conv_dim=(32, 32, 32), conv_stride=(5, 4, 4),
+                         conv_kernel=(10, 4, 4), num_conv_pos_embeddings=16,
+                         num_conv_pos_embedding_groups=2, tdnn_dim=(32, 32, 64),
+                         tdnn_kernel=(5, 3, 1), tdnn_dilation=(1, 2, 1), xvector_output_dim=16)
+    WavLMForXVector(config).save_pretrained(out)
+    return out
