@@ -121,7 +121,7 @@ def rate_score(rate: float, target: int, classes: int) -> float:
 
 
 def count_syllables(text: str) -> int:
-    """Vowel groups per word (a trailing silent 'e' dropped), at least one per word;
+    """Vowel groups per word (a silent final 'e' or 'ed' dropped), at least one per word;
     digits count about 1.5 syllables each."""
     total = 0.0
     for word in re.findall(r"[a-zA-Z']+|\d+", text.lower()):
@@ -129,7 +129,9 @@ def count_syllables(text: str) -> int:
             total += 1.5 * len(word)
             continue
         groups = len(re.findall(r"[aeiouy]+", word))
-        if word.endswith("e") and not word.endswith(("le", "ee")) and groups > 1:
+        silent_e = word.endswith("e") and not word.endswith(("le", "ee"))
+        silent_ed = word.endswith("ed") and not word.endswith(("ted", "ded"))
+        if (silent_e or silent_ed) and groups > 1:
             groups -= 1
         total += max(1, groups)
     return round(total)
