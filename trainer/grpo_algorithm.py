@@ -114,8 +114,14 @@ class GRPOAlgorithm:
                 totals["clip_fraction"] += part["clip_fraction"]
                 n += 1
         stats.update({k: v / n for k, v in totals.items()}, skipped=0.0,
-                     learning_rate=float(self.engine.get_lr()[0]))
+                     learning_rate=float(self.engine.get_lr()[0]), param_norm=self.param_norm())
         return stats
+
+    def param_norm(self) -> float:
+        """L2 norm of the trainable weights in float64: equal on every rank while in sync."""
+        with torch.no_grad():
+            return float(sum(p.detach().double().pow(2).sum()
+                             for p in self.policy.trainable_parameters()) ** 0.5)
 
     def _reference_logprobs(self, groups: list[GroupSamples]) -> list[torch.Tensor] | None:
         if self.loss_cfg.kl_coef == 0:

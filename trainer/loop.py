@@ -46,6 +46,8 @@ EXIT_STOPPED = 130
 """Stopped on request after writing a checkpoint; running again resumes."""
 
 STOP_FILE = "STOP"
+SPREAD_KEYS = {"param_norm"}
+"""Figures that must agree across ranks; the record also carries their max - min spread."""
 
 
 class PromptSampler:
@@ -149,6 +151,9 @@ def reduce_record(local: dict[str, float], rewards: np.ndarray) -> Record:
         totals = np.concatenate([np.asarray(r) for _, r in gathered])
     keys = sorted({k for p in parts for k in p})
     record: Record = {k: float(np.mean([p[k] for p in parts if k in p])) for k in keys}
+    for key in SPREAD_KEYS & set(keys):
+        values = [p[key] for p in parts if key in p]
+        record[f"{key}_spread"] = float(max(values) - min(values))
     record["reward_mean"] = float(np.mean(totals))
     record["reward_std"] = float(np.std(totals))
     return record
