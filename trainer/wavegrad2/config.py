@@ -95,4 +95,4 @@ def tiny() -> WaveGrad2Config:
         sample_rate=16000, encoder_dim=32, encoder_convs=2, duration_dim=32,
         decoder_input_channels=32, upsample_factors=[5, 4, 4, 2],
         upsample_channels=[32, 24, 16, 8], downsample_channels=[8, 16, 24],
-        beta_start=1e-4, beta_end=0.05, schedule_steps=1000, segment_frames=16)
+        beta_start=1e-4, beta_end=0.01, schedule_steps=1000, segment_frames=16)

@@ -12,14 +12,13 @@ from __future__ import annotations
 import csv
 from collections.abc import Iterable
 from dataclasses import dataclass
-from math import gcd
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
 import torch
-from scipy.signal import resample_poly
 
+from rlaif.audio import resample
 from rlaif.trainer.wavegrad2.config import SPECIAL_SYMBOLS, UNKNOWN, WaveGrad2Config
 from rlaif.trainer.wavegrad2.frontend import speak
 
@@ -70,14 +69,6 @@ def read_metadata(folder: Path) -> list[Utterance]:
     if not out:
         raise CorpusError(f"{path}: no utterances")
     return out
-
-
-def resample(audio: np.ndarray, rate: int, target: int) -> np.ndarray:
-    """float32 ``audio`` from ``rate`` to ``target`` Hz (polyphase, exact ratio)."""
-    if rate == target:
-        return audio.astype(np.float32, copy=False)
-    g = gcd(rate, target)
-    return resample_poly(audio, target // g, rate // g).astype(np.float32)
 
 
 def load_audio(path: Path, sample_rate: int) -> np.ndarray:

@@ -8,6 +8,8 @@ the recorded transitions under the weights being trained.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
 import torch
@@ -61,14 +63,21 @@ def step_eps(model: WaveGrad2, features: torch.Tensor, x_t: torch.Tensor,
     return model.decoder(x_t, features, level)
 
 
+Reference = Callable[[], AbstractContextManager[WaveGrad2]]
+"""Enters the frozen reference model (a frozen copy, or the policy with LoRA disabled)."""
+
+
 @torch.no_grad()
 def sample_chains(model: WaveGrad2, ids: torch.Tensor, group: int,
                   transitions: list[tuple[float, float]], generator: torch.Generator,
-                  reference: WaveGrad2 | None = None) -> Chains:
-    """Sample ``group`` chains for one text, recording states and per-step log-probs."""
+                  reference: Reference | None = None) -> Chains:
+    """Sample ``group`` chains for one text, recording states and per-step log-probs;
+    with ``reference``, also each chain's mean distance to the reference's noise estimate."""
     features, durations, frames = features_for(model, ids, None, group)
-    ref_features = (features_for(reference, ids, durations, group)[0]
-                    if reference is not None else None)
+    ref_features = None
+    if reference is not None:
+        with reference() as ref:
+            ref_features = features_for(ref, ids, durations, group)[0]
     length = frames * model.config.hop_length
     x = torch.randn((group, length), generator=generator, device=generator.device)
     x = x.to(features.device)
@@ -76,8 +85,9 @@ def sample_chains(model: WaveGrad2, ids: torch.Tensor, group: int,
     for k, (ab_t, ab_prev) in enumerate(transitions):
         eps = step_eps(model, features, x, ab_t)
         if reference is not None and ref_features is not None:
-            penalties.append((eps - step_eps(reference, ref_features, x, ab_t)).abs()
-                             .mean(dim=1))
+            with reference() as ref:
+                penalties.append((eps - step_eps(ref, ref_features, x, ab_t)).abs()
+                                 .mean(dim=1))
         mean, std = posterior(x, eps, ab_t, ab_prev)
         if k == len(transitions) - 1:
             x = mean
