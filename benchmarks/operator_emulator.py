@@ -1,0 +1,227 @@
+"""A Kubernetes API on loopback for the operator's integration tests and benchmark.
+
+kmock's KubernetesEmulator (by kopf's author) stores objects, serves list/watch/patch and
+discovery. This module fills the gaps a real API server would not have (see
+shared/reference/offline-assets.md): server-set metadata (uid, resourceVersion,
+creationTimestamp, generation), ``kind`` on lists, and declared resources with the verbs
+kopf and kubectl need. It runs no controllers and no garbage collector: tests drive pod,
+Job and Deployment status themselves.
+
+The real operator runs as a subprocess (``rlaif operator``) and the real kubectl talks to the
+same server, both through a kubeconfig written here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, TypeVar
+
+import kmock
+import kubernetes
+import yaml
+
+from rlaif import constants as c
+from rlaif.operator.kube import Kube
+
+REPO = Path(__file__).resolve().parent.parent
+VERBS = ["create", "delete", "get", "list", "patch", "update", "watch"]
+RESOURCES = {
+    # (group/version/plural): (kind, subresources)
+    "v1/namespaces": ("Namespace", []),  # kopf waits to see it in discovery
+    "v1/pods": ("Pod", ["status"]),
+    "v1/services": ("Service", ["status"]),
+    "v1/configmaps": ("ConfigMap", []),
+    "v1/secrets": ("Secret", []),
+    "v1/events": ("Event", []),
+    "batch/v1/jobs": ("Job", ["status"]),
+    "apps/v1/deployments": ("Deployment", ["status", "scale"]),
+    "networking.k8s.io/v1/networkpolicies": ("NetworkPolicy", []),
+    "policy/v1/poddisruptionbudgets": ("PodDisruptionBudget", ["status"]),
+    "apiextensions.k8s.io/v1/customresourcedefinitions": ("CustomResourceDefinition", []),
+    f"{c.API_VERSION}/{c.JOB_PLURAL}": (c.JOB_KIND, ["status"]),
+    f"{c.API_VERSION}/{c.SERVER_PLURAL}": (c.SERVER_KIND, ["status", "scale"]),
+}
+SHORT_NAMES = {c.JOB_KIND: [c.JOB_SHORT], c.SERVER_KIND: [c.SERVER_SHORT]}
+CLUSTER_SCOPED = {"CustomResourceDefinition", "Namespace"}
+
+T = TypeVar("T")
+
+
+class Emulator(kmock.KubernetesEmulator):  # type: ignore[misc]
+    """KubernetesEmulator plus the metadata a real API server sets."""
+
+    served = 0
+    """Requests served (kmock's own log is trimmed, see below)."""
+
+    async def _handle(self, request: kmock.Request) -> Any:
+        # kmock matches each request against views over its whole request log, which makes
+        # every request slower than the last; keep only the current one (nothing here uses
+        # the log's history).
+        self.served += 1
+        del self._requests[:-1]
+        data = request.data if isinstance(request.data, dict) else None
+        if data is not None and request.action == kmock.action.CREATE:
+            meta = data.setdefault("metadata", {})
+            if not meta.get("name") and meta.get("generateName"):
+                meta["name"] = meta["generateName"] + uuid.uuid4().hex[:5]
+            meta.setdefault("uid", str(uuid.uuid4()))
+            meta.setdefault("creationTimestamp",
+                            datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"))
+            meta.setdefault("generation", 1)
+            # Constant: kopf's JSON patches test it, and kmock cannot bump it atomically.
+            meta["resourceVersion"] = "1"
+            if request.namespace and not meta.get("namespace"):
+                meta["namespace"] = request.namespace
+        elif (data is not None and request.action == kmock.action.UPDATE
+              and "spec" in data and request.subresource is None):
+            key = (request.resource, request.namespace, request.name)
+            if key in self.objects and not (stored := self.objects[key]).deleted:
+                generation = (stored.get("metadata") or {}).get("generation", 1)
+                data.setdefault("metadata", {})["generation"] = generation + 1
+        return await super()._handle(request)
+
+    async def _serve_fetch(self, request: kmock.Request) -> Any:
+        return _scale_view(request, await super()._serve_fetch(request))
+
+    async def _serve_update(self, request: kmock.Request) -> Any:
+        return _scale_view(request, await super()._serve_update(request))
+
+    async def _serve_list(self, request: kmock.Request) -> Any:
+        out = dict(await super()._serve_list(request))
+        info = self.resources[request.resource]
+        group, version = request.resource.group, request.resource.version
+        out["apiVersion"] = f"{group}/{version}" if group else version
+        out["kind"] = f"{info.kind}List"
+        return out
+
+
+def _scale_view(request: kmock.Request, obj: dict[str, Any]) -> dict[str, Any]:
+    """The scale subresource as the API server derives it from a CRD's scale paths
+    (``kubectl scale`` and HPAs read and write an autoscaling/v1 Scale)."""
+    if request.subresource != "scale":
+        return obj
+    meta = obj.get("metadata") or {}
+    return {"apiVersion": "autoscaling/v1", "kind": "Scale",
+            "metadata": {k: meta.get(k) for k in ("name", "namespace", "uid", "resourceVersion",
+                                                  "creationTimestamp")},
+            "spec": {"replicas": (obj.get("spec") or {}).get("replicas", 0)},
+            "status": {"replicas": (obj.get("status") or {}).get("replicas", 0),
+                       "selector": (obj.get("status") or {}).get("selector", "")}}
+
+
+def declare(emulator: Emulator) -> None:
+    for key, (kind, subresources) in RESOURCES.items():
+        emulator.resources[key] = kmock.ResourceInfo(
+            kind=kind, singular=kind.lower(), namespaced=kind not in CLUSTER_SCOPED, verbs=VERBS,
+            subresources=subresources, shortnames=SHORT_NAMES.get(kind, []),
+            categories=[c.CATEGORY] if kind in SHORT_NAMES else [])
+
+
+class EmulatedCluster:
+    """The emulator on a loopback port in a background thread, plus a kubeconfig for it."""
+
+    def __init__(self, workdir: Path):
+        self.workdir = workdir
+        self.kubeconfig = workdir / "kubeconfig"
+        self.url = ""
+        self.emulator: Emulator | None = None
+        self.operator: subprocess.Popen[bytes] | None = None
+        self._ready = threading.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._thread = threading.Thread(target=self._main, daemon=True)
+
+    def _main(self) -> None:
+        asyncio.run(self._serve())
+
+    async def _serve(self) -> None:
+        self._loop, self._stop = asyncio.get_running_loop(), asyncio.Event()
+        async with Emulator() as emulator, kmock.Server(emulator) as server:
+            declare(emulator)
+            self.emulator, self.url = emulator, str(server.url).rstrip("/")
+            self._ready.set()
+            await self._stop.wait()
+
+    def __enter__(self) -> EmulatedCluster:
+        self._thread.start()
+        if not self._ready.wait(30):
+            raise RuntimeError("the Kubernetes emulator did not start within 30 s")
+        self.kubeconfig.write_text(yaml.safe_dump({
+            "apiVersion": "v1", "kind": "Config", "current-context": "emulator",
+            "clusters": [{"name": "emulator", "cluster": {"server": self.url}}],
+            "users": [{"name": "emulator", "user": {"token": "emulator"}}],
+            "contexts": [{"name": "emulator", "context": {
+                "cluster": "emulator", "user": "emulator", "namespace": "default"}}],
+        }))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._loop is not None and self._stop is not None:
+            self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(10)
+
+    @property
+    def request_count(self) -> int:
+        return self.emulator.served if self.emulator is not None else 0
+
+    def env(self, **extra: str) -> dict[str, str]:
+        return {**os.environ, "KUBECONFIG": str(self.kubeconfig), **extra}
+
+    def client(self) -> Kube:
+        config = kubernetes.client.Configuration()
+        kubernetes.config.load_kube_config(config_file=str(self.kubeconfig),
+                                           client_configuration=config)
+        return Kube(kubernetes.client.ApiClient(config))
+
+    def kubectl(self, *args: str, check: bool = True, stdin: str | None = None
+                ) -> subprocess.CompletedProcess[str]:
+        """The real kubectl against the emulator (no OpenAPI there, so --validate=false)."""
+        kubectl = str(Path(sys.executable).parent / "kubectl")
+        proc = subprocess.run([kubectl, *args], env=self.env(), capture_output=True, text=True,
+                              input=stdin, timeout=60)
+        if check and proc.returncode != 0:
+            raise RuntimeError(f"kubectl {' '.join(args)} failed: {proc.stderr.strip()}")
+        return proc
+
+    def start_operator(self, log: Path, interval: float = 0.5, *extra: str
+                       ) -> subprocess.Popen[bytes]:
+        """The real ``rlaif operator`` process, reconciling every ``interval`` seconds."""
+        rlaif = str(Path(sys.executable).parent / "rlaif")
+        env = self.env(RLAIF_RECONCILE_INTERVAL=str(interval), RLAIF_START_TIMEOUT="30")
+        with log.open("wb") as out:
+            self.operator = subprocess.Popen(
+                [rlaif, "operator", "--standalone", "--all-namespaces", *extra], env=env,
+                stdout=out, stderr=subprocess.STDOUT)
+        return self.operator
+
+    def stop_operator(self) -> None:
+        """SIGTERM, as Kubernetes does; kopf finishes its handlers and exits."""
+        if self.operator is not None:
+            self.operator.terminate()
+            self.operator.wait(30)
+            self.operator = None
+
+
+def wait_for(check: Callable[[], T | None], timeout: float = 30.0, what: str = "condition",
+             interval: float = 0.1) -> T:
+    """Poll ``check`` until it returns something truthy; the error says what never happened."""
+    deadline = time.monotonic() + timeout
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            if result := check():
+                return result
+        except (KeyError, IndexError, TypeError) as exc:
+            last = exc
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}"
+                         + (f" (last error: {last!r})" if last else ""))

@@ -1,0 +1,97 @@
+"""kopf handlers: thin. Each one fetches the object fresh, runs one reconciliation under a
+per-object lock (watch events and timers can fire together) and posts the Events it reports.
+
+Children carry ownerReferences, so Kubernetes' garbage collector deletes them with their
+parent; there are no delete handlers. kopf adds its own finalizer for the timers and takes
+it off when the object is deleted.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import defaultdict
+from datetime import datetime, timezone
+from typing import Any
+
+import kopf
+
+from rlaif import constants as c
+from rlaif.operator import admission, kube, reconcile
+from rlaif.operator.settings import OperatorConfig
+
+CFG = OperatorConfig.from_env()
+JOBS = (c.GROUP, c.VERSION, c.JOB_PLURAL)
+SERVERS = (c.GROUP, c.VERSION, c.SERVER_PLURAL)
+RETRY_SECONDS = max(1.0, CFG.reconcile_interval)
+"""A failed reconciliation (API error) is retried this soon, not after kopf's 60 s."""
+
+_locks: defaultdict[str, threading.Lock] = defaultdict(threading.Lock)
+
+
+@kopf.on.startup()
+def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+    settings.posting.level = logging.INFO
+    settings.watching.server_timeout = 300
+    settings.execution.max_workers = 16
+    if CFG.webhook_port:
+        certs = ({"certfile": f"{CFG.webhook_cert_dir}/tls.crt",
+                  "pkeyfile": f"{CFG.webhook_cert_dir}/tls.key"} if CFG.webhook_cert_dir else {})
+        settings.admission.server = kopf.WebhookServer(
+            addr="0.0.0.0", port=CFG.webhook_port, host=CFG.webhook_host or None, **certs)
+        settings.admission.managed = f"validate.{c.GROUP}"
+
+
+def _run(kind: str, body: kopf.Body, scrape: bool = False) -> None:
+    meta = body["metadata"]
+    with _locks[meta["uid"]]:
+        client = kube.client()
+        fresh = client.get(c.API_VERSION, kind, meta.get("namespace"), meta["name"])
+        if fresh is None or fresh["metadata"].get("deletionTimestamp"):
+            return
+        now = datetime.now(timezone.utc)
+        if kind == c.JOB_KIND:
+            if reconcile.expired(fresh, now):
+                client.delete(c.API_VERSION, kind, meta.get("namespace"), meta["name"])
+                kopf.info(body, reason="Expired", message="deleted after ttlSecondsAfterFinished")
+                return
+            outcome = reconcile.reconcile_job(client, fresh, CFG, now, scrape=scrape)
+        else:
+            outcome = reconcile.reconcile_server(client, fresh, now)
+    for type_, reason, message in outcome.events:
+        kopf.event(body, type=type_, reason=reason, message=message)
+
+
+@kopf.on.event(*JOBS)
+def job_event(body: kopf.Body, type: str | None, **_: Any) -> None:
+    if type != "DELETED":
+        _run(c.JOB_KIND, body)
+
+
+@kopf.timer(*JOBS, interval=CFG.reconcile_interval, backoff=RETRY_SECONDS)
+def job_timer(body: kopf.Body, **_: Any) -> None:
+    _run(c.JOB_KIND, body, scrape=CFG.scrape_metrics)
+
+
+@kopf.on.event(*SERVERS)
+def server_event(body: kopf.Body, type: str | None, **_: Any) -> None:
+    if type != "DELETED":
+        _run(c.SERVER_KIND, body)
+
+
+@kopf.timer(*SERVERS, interval=CFG.reconcile_interval, backoff=RETRY_SECONDS)
+def server_timer(body: kopf.Body, **_: Any) -> None:
+    _run(c.SERVER_KIND, body)
+
+
+def validate_job(body: kopf.Body, old: kopf.Body | None, **_: Any) -> None:
+    """Refuse invalid specs and immutable-field changes at admission."""
+    errors = admission.admission_errors(dict(old) if old else None, dict(body))
+    if errors:
+        raise kopf.AdmissionError("; ".join(errors), code=422)
+
+
+# kopf refuses to start with admission handlers but no webhook server: register it only
+# when the webhook is configured; otherwise the ImmutableFieldChanged condition is the check.
+if CFG.webhook_port:
+    kopf.on.validate(*JOBS, operations=["CREATE", "UPDATE"])(validate_job)

@@ -1,0 +1,133 @@
+"""The one place the operator talks to the Kubernetes API (besides kopf itself).
+
+Creates are idempotent (an existing object is returned, never duplicated), so a restarted or
+second operator replica converges on the same children. Label selectors are also applied
+here on the client side, so results are right even from servers that ignore them.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from typing import Any
+from urllib.parse import quote, urlencode
+
+import kubernetes
+
+from rlaif import constants as c
+
+Manifest = dict[str, Any]
+
+PLURALS = {
+    ("v1", "ConfigMap"): "configmaps",
+    ("v1", "Service"): "services",
+    ("v1", "Pod"): "pods",
+    ("v1", "Secret"): "secrets",
+    ("v1", "Event"): "events",
+    ("batch/v1", "Job"): "jobs",
+    ("apps/v1", "Deployment"): "deployments",
+    ("networking.k8s.io/v1", "NetworkPolicy"): "networkpolicies",
+    ("policy/v1", "PodDisruptionBudget"): "poddisruptionbudgets",
+    (c.API_VERSION, c.JOB_KIND): c.JOB_PLURAL,
+    (c.API_VERSION, c.SERVER_KIND): c.SERVER_PLURAL,
+}
+
+
+class ApiError(RuntimeError):
+    """An API call that failed; ``status`` is the HTTP status."""
+
+    def __init__(self, status: int, method: str, path: str, body: str):
+        self.status = status
+        try:
+            detail = json.loads(body).get("message") or body
+        except (ValueError, AttributeError):
+            detail = body
+        super().__init__(f"{method} {path}: HTTP {status}: {detail}")
+
+
+def path(api_version: str, kind: str, namespace: str | None, name: str | None = None) -> str:
+    plural = PLURALS[(api_version, kind)]
+    root = f"/api/{api_version}" if "/" not in api_version else f"/apis/{api_version}"
+    ns = f"/namespaces/{quote(namespace)}" if namespace else ""
+    return f"{root}{ns}/{plural}" + (f"/{quote(name)}" if name else "")
+
+
+def matches(obj: Manifest, labels: dict[str, str]) -> bool:
+    have = (obj.get("metadata") or {}).get("labels") or {}
+    return all(have.get(k) == v for k, v in labels.items())
+
+
+class Kube:
+    """A thin JSON client over the official client's connection handling (auth, TLS)."""
+
+    def __init__(self, api: kubernetes.client.ApiClient):
+        self.api = api
+        self.requests = 0
+
+    def request(self, method: str, url: str, body: Any = None,
+                content_type: str = "application/json") -> Manifest | None:
+        """One call; None on 404; ApiError on any other failure."""
+        self.requests += 1
+        _, full, headers, data, _ = self.api.param_serialize(
+            method, url, header_params={"Accept": "application/json",
+                                        "Content-Type": content_type},
+            body=body, auth_settings=["BearerToken"])
+        resp = self.api.call_api(method, full, header_params=headers, body=data,
+                                 _request_timeout=30)
+        raw = resp.read()
+        if resp.status == 404:
+            return None
+        if resp.status >= 400:
+            raise ApiError(resp.status, method, url, raw.decode(errors="replace"))
+        return json.loads(raw) if raw else {}
+
+    def get(self, api_version: str, kind: str, namespace: str | None, name: str
+            ) -> Manifest | None:
+        return self.request("GET", path(api_version, kind, namespace, name))
+
+    def list(self, api_version: str, kind: str, namespace: str | None,
+             labels: dict[str, str]) -> list[Manifest]:
+        query = urlencode({"labelSelector": ",".join(f"{k}={v}" for k, v in labels.items())})
+        found = self.request("GET", f"{path(api_version, kind, namespace)}?{query}") or {}
+        return [o for o in found.get("items") or [] if matches(o, labels)]
+
+    def ensure(self, body: Manifest) -> Manifest:
+        """Create ``body`` unless an object of that name exists; returns the stored object."""
+        meta = body["metadata"]
+        url = path(body["apiVersion"], body["kind"], meta.get("namespace"))
+        try:
+            return self.request("POST", url, body) or body
+        except ApiError as exc:
+            if exc.status != 409:
+                raise
+        existing = self.get(body["apiVersion"], body["kind"], meta.get("namespace"), meta["name"])
+        return existing if existing is not None else body
+
+    def patch(self, api_version: str, kind: str, namespace: str | None, name: str,
+              patch: Manifest, subresource: str = "") -> Manifest | None:
+        url = path(api_version, kind, namespace, name) + (f"/{subresource}" if subresource else "")
+        return self.request("PATCH", url, patch, "application/merge-patch+json")
+
+    def delete(self, api_version: str, kind: str, namespace: str | None, name: str) -> None:
+        """Delete with its pods (background propagation); already gone is fine."""
+        self.request("DELETE", path(api_version, kind, namespace, name),
+                     {"propagationPolicy": "Background"})
+
+
+_lock = threading.Lock()
+_client: Kube | None = None
+
+
+def client() -> Kube:
+    """The process-wide client: in-cluster credentials, else the kubeconfig."""
+    global _client
+    with _lock:
+        if _client is None:
+            config = kubernetes.client.Configuration()
+            try:
+                kubernetes.config.load_incluster_config(client_configuration=config)
+            except kubernetes.config.ConfigException:
+                kubernetes.config.load_kube_config(client_configuration=config)
+            config.connection_pool_maxsize = 32  # one per handler thread, with room to spare
+            _client = Kube(kubernetes.client.ApiClient(config))
+        return _client

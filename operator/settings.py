@@ -1,0 +1,43 @@
+"""Operator settings, read once from the environment (the Helm chart sets them)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields
+
+
+@dataclass(frozen=True)
+class OperatorConfig:
+    """Each field maps to the environment variable ``RLAIF_<FIELD>`` (upper case)."""
+
+    reconcile_interval: float = 10.0
+    """Seconds between reconciliations of each job and server (children, status, metrics)."""
+    start_timeout: int = 1800
+    """Seconds trainer pods may stay unscheduled or unable to start before the job fails."""
+    scrape_metrics: bool = True
+    """Scrape rank 0's Prometheus endpoint into status while a job runs."""
+    webhook_port: int = 0
+    """Port of kopf's validating admission webhook; 0 leaves it off (a condition is the
+    fallback for immutable-field changes)."""
+    webhook_host: str = ""
+    """Host name clients reach the webhook at (the operator's Service DNS name)."""
+    webhook_cert_dir: str = ""
+    """Folder with tls.crt/tls.key for the webhook (e.g. from cert-manager); empty = kopf
+    generates a self-signed certificate."""
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> OperatorConfig:
+        env = dict(os.environ if env is None else env)
+        values: dict[str, object] = {}
+        for f in fields(cls):
+            raw = env.get(f"RLAIF_{f.name.upper()}")
+            if raw is None:
+                continue
+            kind = type(getattr(cls, f.name))
+            try:
+                values[f.name] = (raw.lower() in ("1", "true", "yes")) if kind is bool \
+                    else kind(raw)
+            except ValueError:
+                raise ValueError(f"RLAIF_{f.name.upper()}={raw!r}: expected "
+                                 f"{kind.__name__}") from None
+        return cls(**values)  # type: ignore[arg-type]

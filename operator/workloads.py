@@ -1,0 +1,112 @@
+"""What batch Jobs, Deployments and their pods are doing, summarised with a machine-readable
+reason and a human message, so failures surface in status instead of staying in pod logs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from rlaif.operator.conditions import parse_time
+
+Manifest = dict[str, Any]
+
+# Waiting reasons that mean a container will not start without someone fixing something.
+STUCK_WAITING = {"ImagePullBackOff", "ErrImagePull", "InvalidImageName", "CrashLoopBackOff",
+                 "CreateContainerConfigError", "CreateContainerError", "RunContainerError"}
+
+
+@dataclass(frozen=True)
+class Problem:
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class WorkloadState:
+    """A batch Job (one trainer gang attempt, or the labelling Job), summarised."""
+
+    active: int = 0
+    ready: int = 0
+    succeeded: bool = False
+    failed: bool = False
+    reason: str = ""
+    message: str = ""
+    problem: Problem | None = None
+    """Why pods are not running yet (Unschedulable, ImagePullBackOff, ...)."""
+    created: datetime | None = None
+
+
+def _terminated_problem(name: str, term: Manifest) -> Problem | None:
+    code = term.get("exitCode", 0)
+    if term.get("reason") == "OOMKilled":
+        return Problem("OOMKilled", f"container {name} was killed for exceeding its memory "
+                                    f"limit (exit code {code})")
+    if code != 0:
+        tail = (term.get("message") or "").strip().splitlines()[-3:]
+        detail = f": {' | '.join(tail)}" if tail else ""
+        return Problem("ExitCode", f"container {name} exited with code {code}{detail}")
+    return None
+
+
+def pod_problem(pod: Manifest) -> Problem | None:
+    """The most telling problem of one pod: a failed or stuck container, or unschedulable."""
+    status = pod.get("status") or {}
+    for cond in status.get("conditions") or []:
+        if cond.get("type") == "PodScheduled" and cond.get("status") == "False":
+            return Problem(cond.get("reason") or "Unschedulable",
+                           cond.get("message") or "pod cannot be scheduled")
+    boxes = (status.get("initContainerStatuses") or []) + (status.get("containerStatuses") or [])
+    for box in boxes:
+        state = box.get("state") or {}
+        if (term := state.get("terminated")) and (p := _terminated_problem(box["name"], term)):
+            return p
+        waiting = state.get("waiting") or {}
+        if waiting.get("reason") in STUCK_WAITING:
+            last = (box.get("lastState") or {}).get("terminated")
+            extra = _terminated_problem(box["name"], last) if last else None
+            message = waiting.get("message") or f"container {box['name']} is {waiting['reason']}"
+            if extra is not None:
+                message = f"{message}; last run: {extra.message}"
+            return Problem(waiting["reason"], message)
+    return None
+
+
+def first_problem(pods: list[Manifest]) -> Problem | None:
+    return next((p for pod in pods if (p := pod_problem(pod)) is not None), None)
+
+
+def _job_condition(job: Manifest, type_: str) -> Manifest | None:
+    for cond in (job.get("status") or {}).get("conditions") or []:
+        if cond.get("type") == type_ and cond.get("status") == "True":
+            return cond
+    return None
+
+
+def summarize_job(job: Manifest | None, pods: list[Manifest]) -> WorkloadState | None:
+    """A batch Job and its pods; failure reasons come from the pods when they tell more."""
+    if job is None:
+        return None
+    status = job.get("status") or {}
+    created = parse_time((job.get("metadata") or {}).get("creationTimestamp"))
+    problem = first_problem(pods)
+    base: dict[str, Any] = {"active": status.get("active") or 0,
+                            "ready": status.get("ready") or 0, "problem": problem,
+                            "created": created}
+    if _job_condition(job, "Complete"):
+        return WorkloadState(**base, succeeded=True, reason="Completed")
+    if failed := _job_condition(job, "Failed"):
+        reason = failed.get("reason") or "Failed"
+        message = failed.get("message") or "the Job failed"
+        if reason != "DeadlineExceeded" and problem is not None:
+            reason, message = problem.reason, problem.message
+        return WorkloadState(**base, failed=True, reason=reason, message=message)
+    return WorkloadState(**base)
+
+
+def deployment_ready(deployment: Manifest | None) -> tuple[int, int]:
+    """(replicas, readyReplicas) of a Deployment as its controller reports them."""
+    if deployment is None:
+        return 0, 0
+    status = deployment.get("status") or {}
+    return status.get("replicas") or 0, status.get("readyReplicas") or 0

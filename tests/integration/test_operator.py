@@ -1,0 +1,407 @@
+"""The real operator (``rlaif operator``, kopf) against kmock's Kubernetes emulator on loopback,
+driven with the real kubectl. The emulator runs no controllers, so the tests play the Job,
+Deployment and kubelet parts by writing pod, Job and Deployment status themselves.
+
+One operator process serves the whole module; each test works in its own namespace.
+"""
+
+from __future__ import annotations
+
+import http.server
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import yaml
+
+from benchmarks.operator_emulator import EmulatedCluster, wait_for
+from rlaif import constants as c
+from rlaif.operator.kube import Kube
+from rlaif.operator.reconcile import INDEX_ANNOTATION, JOB_NAME_LABEL
+from tests.conftest import EXAMPLES, REPO
+
+RJ = (c.API_VERSION, c.JOB_KIND)
+RS = (c.API_VERSION, c.SERVER_KIND)
+METRICS = """\
+# TYPE rlaif_step gauge
+rlaif_step 12
+# TYPE rlaif_total_steps gauge
+rlaif_total_steps 30
+# TYPE rlaif_reward_mean gauge
+rlaif_reward_mean 0.625
+# TYPE rlaif_kl gauge
+rlaif_kl 0.003
+# TYPE rlaif_reward_mean_by_name gauge
+rlaif_reward_mean_by_name{reward="intelligibility"} 0.75
+"""
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmulatedCluster]:
+    workdir = tmp_path_factory.mktemp("cluster")
+    with EmulatedCluster(workdir) as cl:
+        cl.kubectl("apply", "--validate=false", "-f", str(REPO / "manifests" / "crds"))
+        cl.start_operator(workdir / "operator.log")
+        try:
+            yield cl
+        finally:
+            cl.stop_operator()
+
+
+@pytest.fixture(scope="module")
+def kube(cluster: EmulatedCluster) -> Kube:
+    return cluster.client()
+
+
+@pytest.fixture(scope="module")
+def metrics_port() -> Iterator[int]:
+    """A stand-in for rank 0's Prometheus endpoint (the trainer cannot run here)."""
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = METRICS.encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain; version=0.0.4")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield server.server_address[1]
+    server.shutdown()
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def apply(cluster: EmulatedCluster, ns: str, example: str, edit: Any = None) -> dict[str, Any]:
+    """``kubectl apply`` an example (optionally edited) into ``ns``."""
+    doc = yaml.safe_load((EXAMPLES / example).read_text())
+    if edit is not None:
+        edit(doc)
+    cluster.kubectl("apply", "--validate=false", "-n", ns, "-f", "-", stdin=yaml.safe_dump(doc))
+    return doc
+
+
+def job(kube: Kube, ns: str, name: str) -> dict[str, Any]:
+    found = kube.get(*RJ, ns, name)
+    assert found is not None, f"RLAIFJob {ns}/{name} is gone"
+    return found
+
+
+def status(kube: Kube, ns: str, name: str) -> dict[str, Any]:
+    return job(kube, ns, name).get("status") or {}
+
+
+def condition(st: dict[str, Any], type_: str) -> dict[str, Any]:
+    return next((x for x in st.get("conditions") or [] if x["type"] == type_), {})
+
+
+def wait_phase(kube: Kube, ns: str, name: str, phase: str, timeout: float = 20) -> dict[str, Any]:
+    return wait_for(lambda: (s := status(kube, ns, name)).get("phase") == phase and s,
+                    timeout, f"{ns}/{name} phase {phase} (now {status(kube, ns, name)})")
+
+
+def make_servers_ready(kube: Kube, ns: str, names: list[str]) -> None:
+    """Play the Deployment controller: every server's pods are ready."""
+    for name in names:
+        dep = wait_for(lambda n=name: kube.get("apps/v1", "Deployment", ns, n), what=name)
+        n = dep["spec"]["replicas"]
+        kube.patch("apps/v1", "Deployment", ns, name,
+                   {"status": {"replicas": n, "readyReplicas": n}}, "status")
+
+
+def run_trainer_pods(kube: Kube, ns: str, job_name: str, nodes: int = 1) -> None:
+    """Play the Job controller and kubelet: the gang's pods run, rank 0 on loopback."""
+    for i in range(nodes):
+        kube.ensure({"apiVersion": "v1", "kind": "Pod", "metadata": {
+            "name": f"{job_name}-{i}", "namespace": ns,
+            "labels": {JOB_NAME_LABEL: job_name}, "annotations": {INDEX_ANNOTATION: str(i)}},
+            "spec": {"containers": [{"name": "trainer", "image": "x"}]},
+            "status": {"phase": "Running", "podIP": "127.0.0.1", "containerStatuses": [
+                {"name": "trainer", "ready": True, "state": {"running": {}}}]}})
+    kube.patch("batch/v1", "Job", ns, job_name, {"status": {"active": nodes, "ready": nodes}},
+               "status")
+
+
+def fail_trainer(kube: Kube, ns: str, job_name: str, reason: str = "OOMKilled") -> None:
+    kube.patch("v1", "Pod", ns, f"{job_name}-0", {"status": {"phase": "Failed",
+               "containerStatuses": [{"name": "trainer", "ready": False, "state": {
+                   "terminated": {"exitCode": 137, "reason": reason}}}]}}, "status")
+    kube.patch("batch/v1", "Job", ns, job_name, {"status": {"active": 0, "failed": 1,
+               "conditions": [{"type": "Failed", "status": "True",
+                               "reason": "BackoffLimitExceeded"}]}}, "status")
+
+
+def finish_job(kube: Kube, ns: str, job_name: str) -> None:
+    kube.patch("batch/v1", "Job", ns, job_name, {"status": {"active": 0, "succeeded": 1,
+               "conditions": [{"type": "Complete", "status": "True"}]}}, "status")
+
+
+def owner_uid(obj: dict[str, Any]) -> str:
+    (ref,) = obj["metadata"]["ownerReferences"]
+    assert ref["controller"] is True and ref["blockOwnerDeletion"] is True
+    return ref["uid"]
+
+
+def events(kube: Kube, ns: str) -> list[dict[str, Any]]:
+    return kube.list("v1", "Event", ns, {})
+
+
+QUICKSTART_SERVERS = ["quickstart-intelligibility", "quickstart-alignment",
+                      "quickstart-naturalness"]
+
+
+# --------------------------------------------------------------------------- tests
+
+
+def test_crds_pass_kubectl_client_dry_run(cluster: EmulatedCluster) -> None:
+    # Schema validation of the CRDs is tests/unit/test_crds.py (kubernetes-validate).
+    out = cluster.kubectl("apply", "--dry-run=client", "--validate=false",
+                          "-f", str(REPO / "manifests" / "crds"))
+    assert "rlaifjobs.rlaif.dev" in out.stdout and "rewardservers.rlaif.dev" in out.stdout
+
+
+def test_job_runs_through_starting_running_restart_succeeded(
+        cluster: EmulatedCluster, kube: Kube, metrics_port: int) -> None:
+    ns = "lifecycle"
+
+    def edit(doc: dict[str, Any]) -> None:
+        doc["spec"]["trainer"]["metricsPort"] = metrics_port
+        doc["spec"]["runPolicy"] = {"backoffLimit": 2}
+
+    apply(cluster, ns, "quickstart-cpu.yaml", edit)
+    st = wait_phase(kube, ns, "quickstart", "Starting")
+    assert condition(st, c.COND_REWARDS_READY)["status"] == "False"
+    uid = job(kube, ns, "quickstart")["metadata"]["uid"]
+
+    # Children: owned by the job, wired to each other.
+    cm = wait_for(lambda: kube.get("v1", "ConfigMap", ns, "quickstart-config"), what="config")
+    assert owner_uid(cm) == uid
+    config = yaml.safe_load(cm["data"][c.CONFIG_FILE])
+    assert {r["url"] for r in config["rewards"]} == {
+        f"http://{s}.{ns}.svc:{c.REWARD_PORT}" for s in QUICKSTART_SERVERS}
+    for name in QUICKSTART_SERVERS:
+        server = wait_for(lambda n=name: kube.get(*RS, ns, n), what=name)
+        assert owner_uid(server) == uid
+        dep = wait_for(lambda n=name: kube.get("apps/v1", "Deployment", ns, n), what=name)
+        assert owner_uid(dep) == server["metadata"]["uid"]
+        assert owner_uid(kube.get("v1", "Service", ns, name)) == server["metadata"]["uid"]
+    policy = kube.get("networking.k8s.io/v1", "NetworkPolicy", ns, "quickstart-rewards")
+    assert owner_uid(policy) == uid
+    assert kube.get("batch/v1", "Job", ns, "quickstart-trainer-0") is None, \
+        "trainers must wait for the reward servers"
+
+    make_servers_ready(kube, ns, QUICKSTART_SERVERS)
+    trainer = wait_for(lambda: kube.get("batch/v1", "Job", ns, "quickstart-trainer-0"),
+                       what="trainer Job")
+    assert owner_uid(trainer) == uid
+    assert owner_uid(kube.get("v1", "Service", ns, "quickstart-trainer")) == uid
+    st = status(kube, ns, "quickstart")
+    assert condition(st, c.COND_REWARDS_READY)["status"] == "True"
+    assert [r["readyReplicas"] for r in st["rewards"]] == [1, 1, 1]
+
+    run_trainer_pods(kube, ns, "quickstart-trainer-0")
+    st = wait_for(lambda: (s := status(kube, ns, "quickstart")).get("step") == 12 and s,
+                  what="scraped metrics")
+    assert st["phase"] == "Running" and st["totalSteps"] == 30 and st["startTime"]
+    assert st["metrics"] == {"reward": 0.625, "kl": 0.003, "reward_intelligibility": 0.75}
+    assert condition(st, c.COND_READY)["status"] == "True"
+    assert st["observedGeneration"] == job(kube, ns, "quickstart")["metadata"]["generation"]
+
+    # A failed rank restarts the whole gang as a new Job; the count survives in status.
+    fail_trainer(kube, ns, "quickstart-trainer-0")
+    wait_for(lambda: kube.get("batch/v1", "Job", ns, "quickstart-trainer-1"), what="attempt 1")
+    st = wait_for(lambda: (s := status(kube, ns, "quickstart")).get("restarts") == 1 and s,
+                  what="restart count")
+    wait_for(lambda: kube.get("batch/v1", "Job", ns, "quickstart-trainer-0") is None,
+             what="the failed gang to be deleted")
+    wait_for(lambda: any(e["reason"] == "GangRestart" for e in events(kube, ns)),
+             what="a GangRestart Event")
+
+    # A restarted operator keeps the count and does not duplicate children.
+    cluster.stop_operator()
+    cluster.start_operator(cluster.workdir / "operator-2.log")
+    run_trainer_pods(kube, ns, "quickstart-trainer-1")
+    wait_phase(kube, ns, "quickstart", "Running")
+    finish_job(kube, ns, "quickstart-trainer-1")
+    st = wait_phase(kube, ns, "quickstart", "Succeeded")
+    assert st["restarts"] == 1 and st["completionTime"]
+    assert condition(st, c.COND_SUCCEEDED)["reason"] == "Completed"
+    jobs = kube.list("batch/v1", "Job", ns, {c.LABEL_JOB: "quickstart"})
+    assert [j["metadata"]["name"] for j in jobs] == ["quickstart-trainer-1"]
+    wait_for(lambda: {"RewardsReady", "Running", "Completed"} <= {
+        e["reason"] for e in events(kube, ns)}, what="Events for each transition")
+
+
+def test_backoff_exhausted_fails_with_the_trainer_reason(cluster: EmulatedCluster,
+                                                         kube: Kube) -> None:
+    ns = "backoff"
+    apply(cluster, ns, "quickstart-cpu.yaml",
+          lambda d: d["spec"].update(runPolicy={"backoffLimit": 0}))
+    make_servers_ready(kube, ns, QUICKSTART_SERVERS)
+    wait_for(lambda: kube.get("batch/v1", "Job", ns, "quickstart-trainer-0"), what="trainer")
+    run_trainer_pods(kube, ns, "quickstart-trainer-0")
+    wait_phase(kube, ns, "quickstart", "Running")
+    fail_trainer(kube, ns, "quickstart-trainer-0")
+    st = wait_phase(kube, ns, "quickstart", "Failed")
+    failed = condition(st, c.COND_FAILED)
+    assert failed["reason"] == "BackoffLimitExceeded" and "OOMKilled" in failed["message"]
+    assert condition(st, c.COND_READY)["status"] == "False"
+    wait_for(lambda: any(e["type"] == "Warning" and e["reason"] == "BackoffLimitExceeded"
+                         for e in events(kube, ns)), what="a Warning Event")
+
+
+def test_unschedulable_trainers_surface_in_status(cluster: EmulatedCluster, kube: Kube) -> None:
+    ns = "pending"
+    apply(cluster, ns, "quickstart-cpu.yaml")
+    make_servers_ready(kube, ns, QUICKSTART_SERVERS)
+    wait_for(lambda: kube.get("batch/v1", "Job", ns, "quickstart-trainer-0"), what="trainer")
+    kube.ensure({"apiVersion": "v1", "kind": "Pod", "metadata": {
+        "name": "quickstart-trainer-0-0", "namespace": ns,
+        "labels": {JOB_NAME_LABEL: "quickstart-trainer-0"}},
+        "spec": {"containers": [{"name": "trainer", "image": "x"}]},
+        "status": {"phase": "Pending", "conditions": [{
+            "type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+            "message": "0/4 nodes are available: 4 Insufficient nvidia.com/gpu."}]}})
+    st = wait_for(lambda: (s := status(kube, ns, "quickstart")) and condition(
+        s, c.COND_READY).get("reason") == "Unschedulable" and s, what="Unschedulable")
+    assert st["phase"] == "Starting"
+    assert "Insufficient nvidia.com/gpu" in condition(st, c.COND_READY)["message"]
+
+
+def test_scaling_a_reward_server_updates_its_deployment(cluster: EmulatedCluster,
+                                                        kube: Kube) -> None:
+    ns = "scaling"
+    apply(cluster, ns, "rewardserver-shared.yaml")
+    dep = wait_for(lambda: kube.get("apps/v1", "Deployment", ns, "dnsmos"), what="Deployment")
+    assert dep["spec"]["replicas"] == 2
+    wait_for(lambda: kube.get("policy/v1", "PodDisruptionBudget", ns, "dnsmos"), what="PDB")
+    cluster.kubectl("scale", "-n", ns, "rewardserver/dnsmos", "--replicas=4")
+    wait_for(lambda: kube.get("apps/v1", "Deployment", ns, "dnsmos")["spec"]["replicas"] == 4,
+             what="Deployment scaled to 4")
+    make_servers_ready(kube, ns, ["dnsmos"])
+    st = wait_for(lambda: (s := kube.get(*RS, ns, "dnsmos").get("status") or {}).get(
+        "readyReplicas") == 4 and s, what="RewardServer status")
+    assert st["selector"] == "app.kubernetes.io/instance=dnsmos," \
+                             "app.kubernetes.io/component=reward-server"
+    assert st["endpoint"] == f"http://dnsmos.{ns}.svc:{c.REWARD_PORT}"
+    cluster.kubectl("scale", "-n", ns, "rewardserver/dnsmos", "--replicas=1")
+    wait_for(lambda: kube.get("policy/v1", "PodDisruptionBudget", ns, "dnsmos") is None,
+             what="PDB removed at one replica")
+
+
+def test_suspend_stops_trainers_and_scales_rewards_to_zero(cluster: EmulatedCluster,
+                                                            kube: Kube) -> None:
+    ns = "suspend"
+    apply(cluster, ns, "quickstart-cpu.yaml")
+    make_servers_ready(kube, ns, QUICKSTART_SERVERS)
+    wait_for(lambda: kube.get("batch/v1", "Job", ns, "quickstart-trainer-0"), what="trainer")
+    run_trainer_pods(kube, ns, "quickstart-trainer-0")
+    wait_phase(kube, ns, "quickstart", "Running")
+    cluster.kubectl("patch", "-n", ns, "rlaifjob/quickstart", "--type=merge",
+                    "-p", '{"spec": {"runPolicy": {"suspend": true}}}')
+    st = wait_phase(kube, ns, "quickstart", "Suspended")
+    assert condition(st, c.COND_SUSPENDED)["status"] == "True"
+    wait_for(lambda: kube.get("batch/v1", "Job", ns, "quickstart-trainer-0")["spec"]["suspend"],
+             what="trainer Job suspended")
+    for name in QUICKSTART_SERVERS:
+        wait_for(lambda n=name: kube.get("apps/v1", "Deployment", ns, n)["spec"]["replicas"] == 0,
+                 what=f"{name} scaled to zero")
+    cluster.kubectl("patch", "-n", ns, "rlaifjob/quickstart", "--type=merge",
+                    "-p", '{"spec": {"runPolicy": {"suspend": false}}}')
+    wait_for(lambda: kube.get("batch/v1", "Job", ns, "quickstart-trainer-0")["spec"][
+        "suspend"] is False, what="trainer Job resumed")
+    for name in QUICKSTART_SERVERS:
+        wait_for(lambda n=name: kube.get("apps/v1", "Deployment", ns, n)["spec"]["replicas"] == 1,
+                 what=f"{name} scaled back")
+    st = wait_for(lambda: (s := status(kube, ns, "quickstart")).get("phase") in (
+        "Starting", "Running") and s, what="resumed phase")
+    assert condition(st, c.COND_SUSPENDED)["status"] == "False"
+
+
+def test_delete_leaves_no_finalizer_behind(cluster: EmulatedCluster, kube: Kube) -> None:
+    ns = "delete"
+    apply(cluster, ns, "quickstart-cpu.yaml")
+    wait_phase(kube, ns, "quickstart", "Starting")
+    cluster.kubectl("delete", "-n", ns, "rlaifjob/quickstart", "--wait=false")
+    wait_for(lambda: kube.get(*RJ, ns, "quickstart") is None, what="the job to be deleted")
+    # Children go with Kubernetes' garbage collector, through their owner references.
+    for name in QUICKSTART_SERVERS:
+        assert owner_uid(kube.get(*RS, ns, name))
+
+
+def test_invalid_spec_fails_naming_the_field(cluster: EmulatedCluster, kube: Kube) -> None:
+    ns = "invalid"
+    # The emulator does not enforce the CRD schema, so the operator's own check is what acts.
+    apply(cluster, ns, "quickstart-cpu.yaml",
+          lambda d: d["spec"]["rewards"][0].update(weight=-1))
+    st = wait_phase(kube, ns, "quickstart", "Failed")
+    failed = condition(st, c.COND_FAILED)
+    assert failed["reason"] == "InvalidSpec"
+    assert "spec.rewards[0].weight: must be greater than 0" in failed["message"]
+
+
+def test_immutable_field_change_is_refused_with_a_condition(cluster: EmulatedCluster,
+                                                             kube: Kube) -> None:
+    ns = "immutable"
+    apply(cluster, ns, "quickstart-cpu.yaml")
+    wait_phase(kube, ns, "quickstart", "Starting")
+    wait_for(lambda: job(kube, ns, "quickstart")["metadata"]["annotations"].get(
+        "rlaif.dev/accepted-immutable-spec"), what="accepted spec")
+    cluster.kubectl("patch", "-n", ns, "rlaifjob/quickstart", "--type=merge",
+                    "-p", '{"spec": {"policy": {"model": "/models/other"}}}')
+    ready = wait_for(lambda: (r := condition(status(kube, ns, "quickstart"), c.COND_READY))
+                     .get("reason") == "ImmutableFieldChanged" and r, what="refusal")
+    assert ready["message"].startswith("spec.policy: cannot be changed")
+    cm = kube.get("v1", "ConfigMap", ns, "quickstart-config")
+    assert yaml.safe_load(cm["data"][c.CONFIG_FILE])["spec"]["policy"]["model"] == \
+        "builtin:prosody-lm", "the running job keeps the model it started with"
+
+
+def test_labeling_runs_first_then_training_starts(cluster: EmulatedCluster, kube: Kube) -> None:
+    ns = "labeling"
+    apply(cluster, ns, "grpo-rlaif-spa.yaml")
+    st = wait_phase(kube, ns, "rlaif-spa", "Labeling")
+    assert condition(st, c.COND_LABELED)["status"] == "False"
+    lab = wait_for(lambda: kube.get("batch/v1", "Job", ns, "rlaif-spa-label"), what="label Job")
+    box = lab["spec"]["template"]["spec"]["containers"][0]
+    assert {"name": "OPENAI_API_KEY", "valueFrom": {"secretKeyRef": {
+        "name": "openai", "key": "api-key"}}} in box["env"]
+    assert box["securityContext"]["runAsNonRoot"] is True
+    assert kube.get(*RS, ns, "rlaif-spa-alignment") is None, "rewards wait for the labels"
+    finish_job(kube, ns, "rlaif-spa-label")
+    st = wait_phase(kube, ns, "rlaif-spa", "Starting")
+    assert condition(st, c.COND_LABELED)["status"] == "True"
+    wait_for(lambda: kube.get(*RS, ns, "rlaif-spa-alignment"), what="reward servers")
+
+
+def test_failed_labeling_fails_the_job_with_the_reason(cluster: EmulatedCluster,
+                                                       kube: Kube) -> None:
+    ns = "labeling-failed"
+    apply(cluster, ns, "grpo-rlaif-spa.yaml")
+    wait_for(lambda: kube.get("batch/v1", "Job", ns, "rlaif-spa-label"), what="label Job")
+    kube.ensure({"apiVersion": "v1", "kind": "Pod", "metadata": {
+        "name": "rlaif-spa-label-x", "namespace": ns,
+        "labels": {JOB_NAME_LABEL: "rlaif-spa-label"}},
+        "spec": {"containers": [{"name": "labeler", "image": "x"}]},
+        "status": {"phase": "Failed", "containerStatuses": [{"name": "labeler", "state": {
+            "terminated": {"exitCode": 2, "message": "rlaif label: OPENAI_API_KEY is not set"}
+        }}]}})
+    kube.patch("batch/v1", "Job", ns, "rlaif-spa-label", {"status": {"conditions": [
+        {"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded"}]}}, "status")
+    st = wait_phase(kube, ns, "rlaif-spa", "Failed")
+    failed = condition(st, c.COND_FAILED)
+    assert failed["reason"] == "LabelingFailed"
+    assert "OPENAI_API_KEY is not set" in failed["message"]
+
+
+def test_kubectl_get_shows_the_jobs(cluster: EmulatedCluster) -> None:
+    out = cluster.kubectl("get", "rlaifjobs", "-A", "-o", "name")
+    assert "rlaifjob.rlaif.dev/quickstart" in out.stdout
+
