@@ -152,7 +152,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    if argv[:1] == ["operator"]:
+        # argparse's REMAINDER drops leading options (`rlaif operator --standalone`):
+        # everything after the command goes to kopf verbatim.
+        args = parser.parse_args(["operator"])
+        args.kopf_args = argv[1:]
+    else:
+        args = parser.parse_args(argv)
     return int(args.func(args))
 
 
