@@ -53,13 +53,13 @@ def parse_judgement(answer: str, schema: LabelSchema) -> tuple[dict[str, str | N
         except ValueError:
             continue
         if isinstance(obj, dict):
-            found.update({_dimension(k): v for k, v in obj.items() if _dimension(k)})
+            found.update({dim: v for k, v in obj.items() if (dim := _dimension(k))})
     if not found:
         for line in answer.splitlines():
             if (m := _LINE.match(line.strip())) and (dim := _dimension(m.group(1))):
                 found[dim] = m.group(2).strip(" \"'")
     predicted = {dim: schema.canonical(dim, v) if isinstance(v, str) else None
-                 for dim, v in found.items() if dim}
+                 for dim, v in found.items()}
     if not any(predicted.values()):
         return dict.fromkeys(DIMENSIONS), f"no label values found in the answer {answer[:120]!r}"
     return {dim: predicted.get(dim) for dim in DIMENSIONS}, None

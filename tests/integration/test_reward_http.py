@@ -149,7 +149,7 @@ payloads = st.one_of(
 )
 
 
-@settings(max_examples=80, deadline=None,
+@settings(max_examples=80, deadline=None, database=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(body=payloads)
 def test_random_payloads_never_break_the_server(server, body: bytes) -> None:

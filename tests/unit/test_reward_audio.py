@@ -14,7 +14,7 @@ from rlaif.audio import AudioError, decode_pcm16, encode_pcm16, pcm16_seconds, r
 from rlaif.reward_client import RewardScores
 
 
-@settings(max_examples=50, deadline=None)
+@settings(max_examples=50, deadline=None, database=None)
 @given(arrays(np.float32, st.integers(1, 2000), elements=st.floats(-1, 1, width=32)))
 def test_pcm16_round_trip_is_within_one_quantisation_step(audio: np.ndarray) -> None:
     data = encode_pcm16(audio)
