@@ -30,7 +30,7 @@ import kubernetes
 import yaml
 
 from rlaif import constants as c
-from rlaif.operator.kube import Kube
+from rlaif.operator.kube import USER_AGENT, Kube
 
 REPO = Path(__file__).resolve().parent.parent
 VERBS = ["create", "delete", "get", "list", "patch", "update", "watch"]
@@ -50,6 +50,9 @@ RESOURCES = {
     f"{c.API_VERSION}/{c.JOB_PLURAL}": (c.JOB_KIND, ["status"]),
     f"{c.API_VERSION}/{c.SERVER_PLURAL}": (c.SERVER_KIND, ["status", "scale"]),
 }
+RBAC_VERBS = {"LIST": "list", "WATCH": "watch", "FETCH": "get", "CREATE": "create",
+              "UPDATE": "patch", "DELETE": "delete"}
+"""kmock's actions as RBAC verbs (kmock maps PATCH to UPDATE and serves no PUT)."""
 SHORT_NAMES = {c.JOB_KIND: [c.JOB_SHORT], c.SERVER_KIND: [c.SERVER_SHORT]}
 CLUSTER_SCOPED = {"CustomResourceDefinition", "Namespace"}
 
@@ -61,6 +64,8 @@ class Emulator(kmock.KubernetesEmulator):  # type: ignore[misc]
 
     served = 0
     """Requests served (kmock's own log is trimmed, see below)."""
+    operator_calls: set[tuple[str, str, str, str]]
+    """(verb, group, resource, subresource) of every request the operator made (RBAC check)."""
 
     async def _handle(self, request: kmock.Request) -> Any:
         # kmock matches each request against views over its whole request log, which makes
@@ -68,6 +73,12 @@ class Emulator(kmock.KubernetesEmulator):  # type: ignore[misc]
         # the log's history).
         self.served += 1
         del self._requests[:-1]
+        agent = request.headers.get("User-Agent", "")
+        res = request.resource
+        if (res is not None and res.plural and request.action is not None
+                and agent.startswith((USER_AGENT, "kopf/"))):
+            self.operator_calls.add((RBAC_VERBS[request.action.value], res.group or "",
+                                     res.plural, request.subresource or ""))
         data = request.data if isinstance(request.data, dict) else None
         if data is not None and request.action == kmock.action.CREATE:
             meta = data.setdefault("metadata", {})
@@ -146,6 +157,7 @@ class EmulatedCluster:
     async def _serve(self) -> None:
         self._loop, self._stop = asyncio.get_running_loop(), asyncio.Event()
         async with Emulator() as emulator, kmock.Server(emulator) as server:
+            emulator.operator_calls = set()
             declare(emulator)
             self.emulator, self.url = emulator, str(server.url).rstrip("/")
             self._ready.set()

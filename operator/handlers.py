@@ -12,12 +12,14 @@ import logging
 import threading
 from collections import defaultdict
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
 import kopf
+import prometheus_client
 
 from rlaif import constants as c
-from rlaif.operator import admission, kube, reconcile
+from rlaif.operator import admission, kube, reconcile, telemetry
 from rlaif.operator.settings import OperatorConfig
 
 CFG = OperatorConfig.from_env()
@@ -34,17 +36,27 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.posting.level = logging.INFO
     settings.watching.server_timeout = 300
     settings.execution.max_workers = 16
+    if CFG.metrics_port:
+        prometheus_client.start_http_server(CFG.metrics_port)
     if CFG.webhook_port:
-        certs = ({"certfile": f"{CFG.webhook_cert_dir}/tls.crt",
-                  "pkeyfile": f"{CFG.webhook_cert_dir}/tls.key"} if CFG.webhook_cert_dir else {})
-        settings.admission.server = kopf.WebhookServer(
-            addr="0.0.0.0", port=CFG.webhook_port, host=CFG.webhook_host or None, **certs)
+        settings.admission.server = webhook_server(CFG)
         settings.admission.managed = f"validate.{c.GROUP}"
+
+
+def webhook_server(cfg: OperatorConfig) -> kopf.WebhookServer:
+    """HTTPS with the mounted certificate (cert-manager's tls.crt/tls.key/ca.crt layout)."""
+    certs = Path(cfg.webhook_cert_dir)
+    ca = certs / "ca.crt" if (certs / "ca.crt").exists() else certs / "tls.crt"
+    return kopf.WebhookServer(addr="0.0.0.0", port=cfg.webhook_port,
+                              host=cfg.webhook_host or None, certfile=str(certs / "tls.crt"),
+                              pkeyfile=str(certs / "tls.key"), cafile=str(ca))
 
 
 def _run(kind: str, body: kopf.Body, scrape: bool = False) -> None:
     meta = body["metadata"]
-    with _locks[meta["uid"]]:
+    telemetry.RECONCILES.labels(kind).inc()
+    with (_locks[meta["uid"]], telemetry.SECONDS.labels(kind).time(),
+          telemetry.FAILURES.labels(kind).count_exceptions()):
         client = kube.client()
         fresh = client.get(c.API_VERSION, kind, meta.get("namespace"), meta["name"])
         if fresh is None or fresh["metadata"].get("deletionTimestamp"):

@@ -14,15 +14,17 @@ from urllib.parse import quote, urlencode
 
 import kubernetes
 
+from rlaif import __version__
 from rlaif import constants as c
+from rlaif.operator.telemetry import API_CALLS
 
 Manifest = dict[str, Any]
+USER_AGENT = f"rlaif-operator/{__version__}"
 
 PLURALS = {
     ("v1", "ConfigMap"): "configmaps",
     ("v1", "Service"): "services",
     ("v1", "Pod"): "pods",
-    ("v1", "Secret"): "secrets",
     ("v1", "Event"): "events",
     ("batch/v1", "Job"): "jobs",
     ("apps/v1", "Deployment"): "deployments",
@@ -68,6 +70,7 @@ class Kube:
                 content_type: str = "application/json") -> Manifest | None:
         """One call; None on 404; ApiError on any other failure."""
         self.requests += 1
+        API_CALLS.inc()
         _, full, headers, data, _ = self.api.param_serialize(
             method, url, header_params={"Accept": "application/json",
                                         "Content-Type": content_type},
@@ -129,5 +132,7 @@ def client() -> Kube:
             except kubernetes.config.ConfigException:
                 kubernetes.config.load_kube_config(client_configuration=config)
             config.connection_pool_maxsize = 32  # one per handler thread, with room to spare
-            _client = Kube(kubernetes.client.ApiClient(config))
+            api = kubernetes.client.ApiClient(config)
+            api.user_agent = USER_AGENT
+            _client = Kube(api)
         return _client

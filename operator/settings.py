@@ -16,14 +16,16 @@ class OperatorConfig:
     """Seconds trainer pods may stay unscheduled or unable to start before the job fails."""
     scrape_metrics: bool = True
     """Scrape rank 0's Prometheus endpoint into status while a job runs."""
+    metrics_port: int = 0
+    """Port of the operator's own Prometheus metrics (reconciliations, API calls); 0 = off."""
     webhook_port: int = 0
     """Port of kopf's validating admission webhook; 0 leaves it off (a condition is the
     fallback for immutable-field changes)."""
     webhook_host: str = ""
     """Host name clients reach the webhook at (the operator's Service DNS name)."""
-    webhook_cert_dir: str = ""
-    """Folder with tls.crt/tls.key for the webhook (e.g. from cert-manager); empty = kopf
-    generates a self-signed certificate."""
+    webhook_cert_dir: str = "/etc/rlaif/webhook"
+    """Folder with the webhook's tls.crt, tls.key and optionally ca.crt (cert-manager's
+    layout); kopf's self-signed alternative needs oscrypto, which fails on OpenSSL 3."""
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> OperatorConfig:

@@ -405,3 +405,18 @@ def test_kubectl_get_shows_the_jobs(cluster: EmulatedCluster) -> None:
     out = cluster.kubectl("get", "rlaifjobs", "-A", "-o", "name")
     assert "rlaifjob.rlaif.dev/quickstart" in out.stdout
 
+
+
+def test_every_api_call_the_operator_made_is_granted_by_the_chart(
+        cluster: EmulatedCluster) -> None:
+    """RBAC checked against what the real operator did in this module, not eyeballed."""
+    from tests.integration.test_helm import allowed, by_kind, template
+
+    (role,) = by_kind(template(), "ClusterRole")
+    calls = cluster.emulator.operator_calls
+    assert ("create", "batch", "jobs", "") in calls and ("patch", c.GROUP, c.JOB_PLURAL,
+                                                         "status") in calls
+    denied = [(verb, group, resource + (f"/{sub}" if sub else ""))
+              for verb, group, resource, sub in sorted(calls)
+              if not allowed(role["rules"], group, resource + (f"/{sub}" if sub else ""), verb)]
+    assert denied == [], f"the chart's ClusterRole lacks {denied}"

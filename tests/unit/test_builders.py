@@ -79,6 +79,15 @@ def test_every_example_kind_produces_children() -> None:
 
 @pytest.mark.parametrize("where,pod", _pod_templates(), ids=[w for w, _ in _pod_templates()])
 def test_pod_template_is_restricted_pss(where: str, pod: dict[str, Any]) -> None:
+    assert_restricted(where, pod)
+    for box in pod["containers"] + pod.get("initContainers", []):
+        assert {"name": meta.SCRATCH_VOLUME, "mountPath": c.SCRATCH_DIR} in box["volumeMounts"]
+        assert "limits" in box["resources"] or "requests" in box["resources"] or \
+            box["name"] in ("trainer", "server"), f"{where}/{box['name']} has no resources"
+
+
+def assert_restricted(where: str, pod: dict[str, Any]) -> None:
+    """Each rule of the "restricted" Pod Security Standard, on one pod spec."""
     psc = pod["securityContext"]
     assert psc["runAsNonRoot"] is True and psc["runAsUser"] != 0, where
     assert psc["seccompProfile"]["type"] == "RuntimeDefault", where
@@ -93,11 +102,8 @@ def test_pod_template_is_restricted_pss(where: str, pod: dict[str, Any]) -> None
         assert sc["readOnlyRootFilesystem"] is True and sc.get("privileged") is not True
         assert sc["runAsNonRoot"] is True and sc.get("runAsUser", 1) != 0
         assert not any(p.get("hostPort") for p in box.get("ports", []))
-        assert {"name": meta.SCRATCH_VOLUME, "mountPath": c.SCRATCH_DIR} in box["volumeMounts"]
         mounted = {m["name"] for m in box["volumeMounts"]}
         assert mounted <= {v["name"] for v in pod["volumes"]}, f"{where}: unknown volume"
-        assert "limits" in box["resources"] or "requests" in box["resources"] or \
-            box["name"] in ("trainer", "server"), f"{where}/{box['name']} has no resources"
 
 
 @pytest.mark.parametrize("owner,child", CHILDREN,
