@@ -1,5 +1,5 @@
 # The two commands of the README; each bootstraps what it needs.
-.PHONY: quickstart test lint crds bootstrap
+.PHONY: quickstart test lint crds manifests bootstrap
 
 PY := .venv/bin/python
 
@@ -17,6 +17,10 @@ test: bootstrap
 lint: bootstrap
 	$(PY) -m ruff check .
 	$(PY) -m mypy
+
+# Render manifests/operator.yaml (the kustomize install) from the Helm chart.
+manifests: bootstrap
+	PATH=.tools/bin:$$PATH $(PY) -m rlaif.operator.install_manifests
 
 # Regenerate the CRDs from rlaif/api/models.py into manifests/ and the chart.
 crds: bootstrap
