@@ -7,6 +7,7 @@ Built-ins let the quickstart run on a laptop with nothing mounted:
 ``builtin:dnsmos``           DNSMOS ONNX models shipped by the ``speechmos`` package
 ``builtin:acoustic``         the acoustic prosody judge (signal processing, no weights)
 ``builtin:prosody-lm``       the quickstart policy, created by the project with a fixed seed
+``builtin:wavegrad2-tiny``   a CPU-sized WaveGrad 2 pre-trained on espeak-ng speech (DLPO)
 ======================  ==========================================================
 """
 
@@ -38,6 +39,7 @@ BUILTINS: dict[str, Callable[[], Path]] = {
     "dnsmos": lambda: _package_dir("speechmos"),
     "acoustic": lambda: Path("/"),  # needs no files
     "prosody-lm": _lazy("rlaif.trainer.policies.prosody_lm:builtin_model_dir"),
+    "wavegrad2-tiny": _lazy("rlaif.trainer.wavegrad2.builtin:builtin_model_dir"),
 }
 
 

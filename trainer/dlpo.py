@@ -45,6 +45,7 @@ from rlaif.data import Prompt
 from rlaif.trainer.algorithm import AudioSink, Rollout
 from rlaif.trainer.engine import build_engine
 from rlaif.trainer.grpo import clipped_surrogate, group_advantages
+from rlaif.trainer.wavegrad2.builtin import ground_truth_dir
 from rlaif.trainer.wavegrad2.corpus import read_examples, symbol_ids
 from rlaif.trainer.wavegrad2.frontend import phonemize
 from rlaif.trainer.wavegrad2.losses import diffusion_loss
@@ -145,7 +146,8 @@ class DLPOAlgorithm:
         self.net = load_model(modelref.resolve(spec.policy.model), device)
         self.transitions = self.net.config.schedule.transitions(spec.dlpo.denoising_steps)
         gt = spec.data.ground_truth
-        self.ground_truth = read_examples(config.resolve_path(gt), self.net.config) if gt else []
+        self.ground_truth = (read_examples(ground_truth_dir(config, gt), self.net.config)
+                             if gt else [])
         check_spec(spec.dlpo, spec.trainer.deepspeed.zero_stage, bool(self.ground_truth))
         self.lora = spec.policy.finetune == "lora"
         module: torch.nn.Module = self.net

@@ -70,10 +70,12 @@ Reference = Callable[[], AbstractContextManager[WaveGrad2]]
 @torch.no_grad()
 def sample_chains(model: WaveGrad2, ids: torch.Tensor, group: int,
                   transitions: list[tuple[float, float]], generator: torch.Generator,
-                  reference: Reference | None = None) -> Chains:
+                  reference: Reference | None = None,
+                  durations: torch.Tensor | None = None) -> Chains:
     """Sample ``group`` chains for one text, recording states and per-step log-probs;
-    with ``reference``, also each chain's mean distance to the reference's noise estimate."""
-    features, durations, frames = features_for(model, ids, None, group)
+    with ``reference``, also each chain's mean distance to the reference's noise estimate.
+    ``durations`` (frames per phoneme) overrides the duration predictor."""
+    features, durations, frames = features_for(model, ids, durations, group)
     ref_features = None
     if reference is not None:
         with reference() as ref:

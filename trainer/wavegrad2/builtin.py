@@ -1,0 +1,61 @@
+"""``builtin:wavegrad2-tiny``: a CPU-sized WaveGrad 2 pre-trained on espeak-ng speech.
+
+Created once with a fixed seed under $RLAIF_CACHE (else ~/.cache/rlaif), atomically. The
+model directory is also the LJSpeech-layout corpus it was trained on (metadata.csv +
+wavs/), so ``spec.data.groundTruth: builtin:wavegrad2-tiny`` gives DLPO's diffusion loss
+the same pairs.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from rlaif import modelref
+from rlaif.config import TrainerConfig
+from rlaif.trainer.files import fsync_tree
+from rlaif.trainer.policies.prosody_lm import cache_root
+from rlaif.trainer.wavegrad2 import config as presets
+from rlaif.trainer.wavegrad2.corpus import write_espeak_corpus
+from rlaif.trainer.wavegrad2.modeldir import WEIGHTS_FILE
+from rlaif.trainer.wavegrad2.pretrain import pretrain
+
+BUILTIN_NAME = "wavegrad2-tiny-v1"
+TEXTS = [
+    "The cat sat on the mat.", "A quick brown fox jumps.", "She sells sea shells.",
+    "Good morning to you all.", "We will meet again soon.", "The rain falls on the plain.",
+    "Open the door, please.", "Numbers can be tricky.",
+]
+STEPS = 300
+
+
+def make_tiny_model(out: Path, steps: int = STEPS, seed: int = 0) -> list[float]:
+    """Write the espeak-ng corpus into ``out`` and pre-train the tiny model there."""
+    write_espeak_corpus(TEXTS, out, sample_rate=presets.tiny().sample_rate)
+    return pretrain(out, out, presets.tiny(), steps, batch_size=4, seed=seed)
+
+
+def builtin_model_dir() -> Path:
+    """Created on first use (about a minute on two cores), then reused."""
+    final = cache_root() / BUILTIN_NAME
+    if (final / WEIGHTS_FILE).is_file():
+        return final
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{BUILTIN_NAME}-", dir=final.parent))
+    try:
+        make_tiny_model(tmp / "model")
+        fsync_tree(tmp / "model")
+        os.rename(tmp / "model", final)
+    except OSError:
+        if not (final / WEIGHTS_FILE).is_file():  # not a lost race with another process
+            raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+def ground_truth_dir(config: TrainerConfig, ref: str) -> Path:
+    """spec.data.groundTruth: a folder (relative to the job) or a builtin: model's corpus."""
+    return modelref.resolve(ref) if modelref.is_builtin(ref) else config.resolve_path(ref)
