@@ -87,6 +87,7 @@ class ServerThread:
         asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result()
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join()
+        self._loop.close()
 
     def metric(self, name: str) -> float:
         """A sample's value from /metrics (e.g. ``rlaif_reward_batch_size_sum``)."""
