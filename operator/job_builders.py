@@ -153,25 +153,18 @@ def _checkpoint_storage(spec: RLAIFJobSpec) -> tuple[list[Manifest], list[Manife
     return volumes, mounts
 
 
-def launcher_args(job: RLAIFJob) -> list[str]:
-    """torchrun with one agent per pod; $(VAR) is expanded by the kubelet from the env."""
-    return ["--nnodes=$(NNODES)", "--nproc-per-node=$(NPROC_PER_NODE)",
-            "--node-rank=$(NODE_RANK)", "--master-addr=$(MASTER_ADDR)",
-            "--master-port=$(MASTER_PORT)", "-m", "rlaif.cli", "train",
-            "--config", f"{c.CONFIG_DIR}/{c.CONFIG_FILE}"]
+TRAIN_ARGS = ["train", "--config", f"{c.CONFIG_DIR}/{c.CONFIG_FILE}"]
+"""``rlaif train`` picks its launcher from the config's nodes x processesPerNode (in-process,
+the DeepSpeed launcher, or torchrun with a static rendezvous: see docs/trainer.md)."""
 
 
 def rendezvous_env(job: RLAIFJob, attempt: int) -> list[Manifest]:
-    t = job.spec.trainer
+    """Where rank 0 is and which node this pod is (from the Indexed Job's completion index)."""
     index = "metadata.annotations['batch.kubernetes.io/job-completion-index']"
     return [
         {"name": "MASTER_ADDR", "value": master_addr(job, attempt)},
         {"name": "MASTER_PORT", "value": str(c.RENDEZVOUS_PORT)},
-        {"name": "NNODES", "value": str(t.nodes)},
-        {"name": "NPROC_PER_NODE", "value": str(t.processes_per_node)},
-        {"name": "WORLD_SIZE", "value": str(t.nodes * t.processes_per_node)},
         {"name": "NODE_RANK", "valueFrom": {"fieldRef": {"fieldPath": index}}},
-        {"name": "RLAIF_ATTEMPT", "value": str(attempt)},
     ]
 
 
@@ -184,9 +177,8 @@ def build_trainer_job(job: RLAIFJob, attempt: int, *, suspend: bool = False,
     ckpt_volumes, ckpt_mounts = _checkpoint_storage(spec)
     mounts = [*spec.volume_mounts, _config_mount(), *ckpt_mounts,
               {"name": SHM_VOLUME, "mountPath": "/dev/shm"}]
-    trainer = meta.container(TRAINER, spec.trainer.image, launcher_args(job), env=env,
-                             resources=spec.trainer.resources, mounts=mounts,
-                             command=["torchrun"])
+    trainer = meta.container(TRAINER, spec.trainer.image, TRAIN_ARGS, env=env,
+                             resources=spec.trainer.resources, mounts=mounts)
     trainer["ports"] = [{"name": "rendezvous", "containerPort": c.RENDEZVOUS_PORT},
                         {"name": "metrics", "containerPort": spec.trainer.metrics_port}]
     wait = meta.container("wait-for-rank-0", spec.trainer.image, ["-c", WAIT_FOR_MASTER],

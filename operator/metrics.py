@@ -8,6 +8,8 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from rlaif import constants as c
+
 SUMMARY = {
     "rlaif_reward_mean": "reward",
     "rlaif_reward_std": "rewardStd",
@@ -35,6 +37,10 @@ def status_from_metrics(text: str) -> dict[str, Any]:
                 out["step"] = int(value)
             elif sample.name == "rlaif_total_steps":
                 out["totalSteps"] = int(value)
+            elif sample.name == "rlaif_last_checkpoint_step" and value >= 1:
+                step = int(value)
+                out["lastCheckpoint"] = {"step": step, "path": f"{c.CHECKPOINT_DIR}/"
+                                         f"{c.CHECKPOINT_STEP_DIR.format(step=step)}"}
             elif sample.name in SUMMARY:
                 metrics[SUMMARY[sample.name]] = value
             elif sample.name == PER_REWARD and "reward" in sample.labels:

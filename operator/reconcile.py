@@ -222,6 +222,10 @@ def reconcile_job(kube: Kube, body: Manifest, cfg: OperatorConfig, now: datetime
         new["observedGeneration"] = generation
     if scrape and p.phase == "Running":
         new.update(_scrape(kube, job, p.restarts))
+        if ckpt := new.get("lastCheckpoint"):
+            prev = status.get("lastCheckpoint") or {}
+            same = prev.get("step") == ckpt["step"]
+            ckpt["time"] = prev.get("time") if same else conditions.now_iso(now)
     _write_status(kube, body, c.JOB_KIND, new)
     events = _events(status.get("conditions") or [], conds)
     if p.restarts != attempt:

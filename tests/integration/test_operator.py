@@ -30,6 +30,8 @@ rlaif_step 12
 rlaif_total_steps 30
 # TYPE rlaif_reward_mean gauge
 rlaif_reward_mean 0.625
+# TYPE rlaif_last_checkpoint_step gauge
+rlaif_last_checkpoint_step 10
 # TYPE rlaif_kl gauge
 rlaif_kl 0.003
 # TYPE rlaif_reward_mean_by_name gauge
@@ -211,6 +213,8 @@ def test_job_runs_through_starting_running_restart_succeeded(
                   what="scraped metrics")
     assert st["phase"] == "Running" and st["totalSteps"] == 30 and st["startTime"]
     assert st["metrics"] == {"reward": 0.625, "kl": 0.003, "reward_intelligibility": 0.75}
+    assert st["lastCheckpoint"]["path"] == f"{c.CHECKPOINT_DIR}/step-00000010"
+    assert st["lastCheckpoint"]["time"]
     assert condition(st, c.COND_READY)["status"] == "True"
     assert st["observedGeneration"] == job(kube, ns, "quickstart")["metadata"]["generation"]
 

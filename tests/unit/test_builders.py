@@ -151,8 +151,10 @@ def test_trainer_job_is_an_indexed_gang_with_rendezvous_env() -> None:
     assert pod["subdomain"] == jb.trainer_service_name(job) == "llasa-grpo-trainer"
     env = {e["name"]: e.get("value", e.get("valueFrom")) for e in pod["containers"][0]["env"]}
     assert env["MASTER_ADDR"] == "llasa-grpo-trainer-1-0.llasa-grpo-trainer.ml.svc"
-    assert env["WORLD_SIZE"] == "8" and env["NPROC_PER_NODE"] == "4" and env["NNODES"] == "2"
     assert env["MASTER_PORT"] == str(c.RENDEZVOUS_PORT)
+    box = pod["containers"][0]
+    assert box["command"] == ["rlaif"]
+    assert box["args"] == ["train", "--config", f"{c.CONFIG_DIR}/{c.CONFIG_FILE}"]
     assert "job-completion-index" in env["NODE_RANK"]["fieldRef"]["fieldPath"]
     assert pod["initContainers"][0]["env"] == pod["containers"][0]["env"]
     assert pod["containers"][0]["resources"] == {"limits": {"nvidia.com/gpu": 4}}

@@ -225,6 +225,7 @@ def test_prometheus_gauges_become_status_fields() -> None:
     text = (
         "# HELP rlaif_step Current step.\n# TYPE rlaif_step gauge\nrlaif_step 41.0\n"
         "# TYPE rlaif_total_steps gauge\nrlaif_total_steps 1000\n"
+        "# TYPE rlaif_last_checkpoint_step gauge\nrlaif_last_checkpoint_step 40\n"
         "# TYPE rlaif_reward_mean gauge\nrlaif_reward_mean 0.5\n"
         "# TYPE rlaif_reward_std gauge\nrlaif_reward_std 0.1\n"
         "# TYPE rlaif_loss gauge\nrlaif_loss NaN\n"
@@ -235,6 +236,7 @@ def test_prometheus_gauges_become_status_fields() -> None:
         "# TYPE process_cpu_seconds_total counter\nprocess_cpu_seconds_total 12.0\n")
     assert metrics.status_from_metrics(text) == {
         "step": 41, "totalSteps": 1000,
+        "lastCheckpoint": {"step": 40, "path": "/checkpoints/step-00000040"},
         "metrics": {"reward": 0.5, "rewardStd": 0.1, "samplesPerSecond": 3.5,
                     "reward_asr": 0.9, "reward_judge": 0.25}}
     assert metrics.status_from_metrics("") == {}
