@@ -38,6 +38,8 @@ CONFIG_DIR = "/etc/rlaif"
 CONFIG_FILE = "trainer.yaml"
 CHECKPOINT_DIR = "/checkpoints"
 CHECKPOINT_VOLUME = "checkpoints"
+CHECKPOINT_STEP_DIR = "step-{step:08d}"
+"""A complete checkpoint's folder under CHECKPOINT_DIR (status.lastCheckpoint.path)."""
 SCRATCH_DIR = "/tmp"
 
 # Container images (tags follow the package version).
