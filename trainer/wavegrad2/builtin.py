@@ -32,9 +32,10 @@ STEPS = 300
 
 
 def make_tiny_model(out: Path, steps: int = STEPS, seed: int = 0) -> list[float]:
-    """Write the espeak-ng corpus into ``out`` and pre-train the tiny model there."""
+    """Write the espeak-ng corpus into ``out`` and pre-train the tiny model there; returns
+    the pre-training losses."""
     write_espeak_corpus(TEXTS, out, sample_rate=presets.tiny().sample_rate)
-    return pretrain(out, out, presets.tiny(), steps, batch_size=4, seed=seed)
+    return pretrain(out, out, presets.tiny(), steps, batch_size=4, seed=seed)[1]
 
 
 def builtin_model_dir() -> Path:

@@ -31,8 +31,8 @@ def config_for(data: Path, config: WaveGrad2Config) -> WaveGrad2Config:
 
 def pretrain(data: Path, out: Path, config: WaveGrad2Config, steps: int,
              batch_size: int = 8, learning_rate: float = 1e-3, seed: int = 0,
-             log_every: int = 50) -> list[float]:
-    """Train from scratch, save to ``out``; returns the loss of every step."""
+             log_every: int = 50) -> tuple[WaveGrad2, list[float]]:
+    """Train from scratch, save to ``out``; returns the model and the loss of every step."""
     torch.manual_seed(seed)
     rng = random.Random(seed)
     generator = torch.Generator().manual_seed(seed)
@@ -51,9 +51,9 @@ def pretrain(data: Path, out: Path, config: WaveGrad2Config, steps: int,
         losses.append(float(loss.total.detach()))
         if step % log_every == 0 or step == steps:
             log.info("step %d/%d: noise loss %.4f, duration loss %.4f", step, steps,
-                     float(loss.noise), float(loss.duration))
+                     float(loss.noise.detach()), float(loss.duration.detach()))
     save_model(model, out)
-    return losses
+    return model, losses
 
 
 def load_config_arg(value: str | None) -> WaveGrad2Config:
@@ -75,7 +75,7 @@ def pretrain_command(args: argparse.Namespace) -> int:
         config = load_config_arg(args.config)
         if args.steps < 1:
             raise ValueError(f"--steps must be at least 1, got {args.steps}")
-        losses = pretrain(Path(args.data), Path(args.out), config, args.steps)
+        _, losses = pretrain(Path(args.data), Path(args.out), config, args.steps)
     except (ValueError, FileNotFoundError) as exc:
         print(f"rlaif pretrain wavegrad2: {exc}")
         return 1
