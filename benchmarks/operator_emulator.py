@@ -47,6 +47,8 @@ RESOURCES = {
     "networking.k8s.io/v1/networkpolicies": ("NetworkPolicy", []),
     "policy/v1/poddisruptionbudgets": ("PodDisruptionBudget", ["status"]),
     "apiextensions.k8s.io/v1/customresourcedefinitions": ("CustomResourceDefinition", []),
+    "admissionregistration.k8s.io/v1/validatingwebhookconfigurations": (
+        "ValidatingWebhookConfiguration", []),
     f"{c.API_VERSION}/{c.JOB_PLURAL}": (c.JOB_KIND, ["status"]),
     f"{c.API_VERSION}/{c.SERVER_PLURAL}": (c.SERVER_KIND, ["status", "scale"]),
 }
@@ -54,7 +56,7 @@ RBAC_VERBS = {"LIST": "list", "WATCH": "watch", "FETCH": "get", "CREATE": "creat
               "UPDATE": "patch", "DELETE": "delete"}
 """kmock's actions as RBAC verbs (kmock maps PATCH to UPDATE and serves no PUT)."""
 SHORT_NAMES = {c.JOB_KIND: [c.JOB_SHORT], c.SERVER_KIND: [c.SERVER_SHORT]}
-CLUSTER_SCOPED = {"CustomResourceDefinition", "Namespace"}
+CLUSTER_SCOPED = {"CustomResourceDefinition", "Namespace", "ValidatingWebhookConfiguration"}
 
 T = TypeVar("T")
 
@@ -204,14 +206,16 @@ class EmulatedCluster:
             raise RuntimeError(f"kubectl {' '.join(args)} failed: {proc.stderr.strip()}")
         return proc
 
-    def start_operator(self, log: Path, interval: float = 0.5, *extra: str
+    def start_operator(self, log: Path, interval: float = 0.5, **env: str
                        ) -> subprocess.Popen[bytes]:
-        """The real ``rlaif operator`` process, reconciling every ``interval`` seconds."""
+        """The real ``rlaif operator`` process, reconciling every ``interval`` seconds; ``env``
+        adds RLAIF_* settings."""
         rlaif = str(Path(sys.executable).parent / "rlaif")
-        env = self.env(RLAIF_RECONCILE_INTERVAL=str(interval), RLAIF_START_TIMEOUT="30")
+        full_env = self.env(RLAIF_RECONCILE_INTERVAL=str(interval), RLAIF_START_TIMEOUT="30",
+                            **env)
         with log.open("wb") as out:
             self.operator = subprocess.Popen(
-                [rlaif, "operator", "--standalone", "--all-namespaces", *extra], env=env,
+                [rlaif, "operator", "--standalone", "--all-namespaces"], env=full_env,
                 stdout=out, stderr=subprocess.STDOUT)
         return self.operator
 
