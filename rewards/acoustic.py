@@ -154,7 +154,7 @@ def measure(audio: np.ndarray, text: str) -> dict[str, float | None]:
     out["syllablesPerSecond"] = syllables / seconds
     rms = librosa.feature.rms(y=speech, hop_length=HOP)[0]
     loud = 20 * np.log10(rms[rms > 1e-4]) if (rms > 1e-4).any() else np.zeros(1)
-    out["loudnessStd"] = float(np.std(loud))
+    loudness_std = out["loudnessStd"] = float(np.std(loud))
     f0, voiced, _ = librosa.pyin(speech, fmin=FMIN, fmax=FMAX, sr=SAMPLE_RATE,
                                  frame_length=1024, hop_length=HOP)
     voiced &= np.isfinite(f0)
@@ -167,5 +167,5 @@ def measure(audio: np.ndarray, text: str) -> dict[str, float | None]:
     slope = float(np.polyfit(times[final], semitones[final], 1)[0]) if final.sum() >= 3 else 0.0
     out.update(pitchMedian=float(100 * 2 ** (np.median(semitones) / 12)), pitchRange=pitch_range,
                finalSlope=slope,
-               arousal=clip01(0.75 * (pitch_range - 1) / 8 + 0.25 * (out["loudnessStd"] - 6) / 12))
+               arousal=clip01(0.75 * (pitch_range - 1) / 8 + 0.25 * (loudness_std - 6) / 12))
     return out

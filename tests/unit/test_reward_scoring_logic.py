@@ -176,3 +176,26 @@ async def test_micro_batcher_batches_concurrent_callers_and_keeps_order() -> Non
         assert mixed[1].error is not None and "bad item" in mixed[1].error
     finally:
         await batcher.stop()
+
+
+def test_label_schema_file_and_cli_settings(tmp_path) -> None:
+    import yaml
+
+    from rlaif.cli import build_parser
+    from rlaif.rewards.server import settings_from_args
+
+    good = tmp_path / "schema.yaml"
+    good.write_text(yaml.safe_dump(LabelSchema(emotion=["Calm", "Excited"]).model_dump(
+        by_alias=True)))
+    args = build_parser().parse_args(["reward", "serve", "--kind", "judge", "--model",
+                                      "builtin:acoustic", "--label-schema", str(good)])
+    settings = settings_from_args(args)
+    assert settings.schema.emotion == ["Calm", "Excited"] and settings.max_batch == 16
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("emotion: 3\n")
+    args.label_schema = str(bad)
+    with pytest.raises(ValueError, match=r"--label-schema .*bad.yaml.*emotion"):
+        settings_from_args(args)
+    args.label_schema, args.max_batch = None, 0
+    with pytest.raises(ValueError, match="--max-batch must be at least 1"):
+        settings_from_args(args)
