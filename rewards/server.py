@@ -237,7 +237,11 @@ def load_label_schema(path: str | None) -> LabelSchema:
         return LabelSchema()
     try:
         return LabelSchema.model_validate(yaml.safe_load(Path(path).read_text()) or {})
-    except (OSError, yaml.YAMLError, ValidationError) as exc:
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or '(top)'}: {e['msg']}"
+                             for e in exc.errors())
+        raise ValueError(f"--label-schema {path}: {problems}") from None
+    except (OSError, yaml.YAMLError) as exc:
         raise ValueError(f"--label-schema {path}: {exc}") from None
 
 
