@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 from pathlib import Path
 
 import numpy as np
@@ -25,48 +24,21 @@ from rlaif.rewards.scoring import ScoreInput, ScoreResult
 log = logging.getLogger(__name__)
 
 MAX_NEW_TOKENS = 96
-ANSWER_KEYS = {"Structure": "structure", "Emotion": "emotion", "Speech Speed": "speechRate",
-               "Tone": "intonation"}
-KEY_ALIASES = {
-    "structure": "structure", "emotion": "emotion", "speechspeed": "speechRate",
-    "speechrate": "speechRate", "speed": "speechRate", "rate": "speechRate",
-    "tone": "intonation", "intonation": "intonation",
-}  # fmt: skip
-_LINE = re.compile(r"^\W*(?:\d+\s*[.)]\s*)?([A-Za-z][A-Za-z ]*?)\s*[:=]\s*(.+?)\W*$")
 
 
 def judge_prompt(schema: LabelSchema) -> str:
-    """The question asked with each clip: the four lists and a fixed JSON answer form."""
-    lists = "\n".join(f"- {name}: {', '.join(schema.values(dim))}"
-                      for name, dim in ANSWER_KEYS.items())
-    example = json.dumps({name: schema.values(dim)[0] for name, dim in ANSWER_KEYS.items()})
+    """The question asked with each clip: the schema's lists and a JSON answer form."""
+    example = json.dumps({dim: schema.values(dim)[0] for dim in DIMENSIONS})
     return ("Listen to the speech and classify how it is spoken. Choose exactly one value "
-            f"from each list:\n{lists}\nAnswer with JSON only, like {example}")
+            f"for each key:\n{schema.describe()}\nAnswer with JSON only, like {example}")
 
 
 def parse_judgement(answer: str, schema: LabelSchema) -> tuple[dict[str, str | None], str | None]:
     """Predicted value per dimension (None: absent or off-list) and why nothing was usable."""
-    found: dict[str, object] = {}
-    for blob in re.findall(r"\{[^{}]*\}", answer):
-        try:
-            obj = json.loads(blob)
-        except ValueError:
-            continue
-        if isinstance(obj, dict):
-            found.update({dim: v for k, v in obj.items() if (dim := _dimension(k))})
-    if not found:
-        for line in answer.splitlines():
-            if (m := _LINE.match(line.strip())) and (dim := _dimension(m.group(1))):
-                found[dim] = m.group(2).strip(" \"'")
-    predicted = {dim: schema.canonical(dim, v) if isinstance(v, str) else None
-                 for dim, v in found.items()}
-    if not any(predicted.values()):
-        return dict.fromkeys(DIMENSIONS), f"no label values found in the answer {answer[:120]!r}"
-    return {dim: predicted.get(dim) for dim in DIMENSIONS}, None
-
-
-def _dimension(key: object) -> str | None:
-    return KEY_ALIASES.get(re.sub(r"[^a-z]", "", str(key).lower()))
+    labels, errors = schema.parse_answer(answer)
+    if not labels:
+        return dict.fromkeys(DIMENSIONS), f"no label values found: {'; '.join(errors)}"
+    return {dim: labels.get(dim) for dim in DIMENSIONS}, None
 
 
 def alignment(targets: dict[str, str], predicted: dict[str, str | None]) -> dict[str, float]:

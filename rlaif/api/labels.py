@@ -104,14 +104,16 @@ class LabelSchema(Model):
         return "\n".join(f'- "{dim}": one of {json.dumps(self.values(dim))}' for dim in DIMENSIONS)
 
     def parse_answer(self, answer: str) -> tuple[dict[str, str], list[str]]:
-        """Labels from an LLM's JSON answer (schema spelling) and what was wrong with the rest.
+        """Labels from an LLM's answer (schema spelling) and what was wrong with the rest.
 
-        The first JSON object in ``answer`` is used (models wrap it in prose or code fences).
+        The first JSON object in ``answer`` is used (models wrap it in prose or code fences);
+        without one, "Name: value" lines (RLAIF-SPA's "1. Structure: X" form) are read.
         Off-list values are reported, never mapped to a nearby value.
         """
-        obj = first_json_object(answer)
-        if obj is None:
-            return {}, [f"no JSON object in the answer: {answer[:80]!r}"]
+        obj = first_json_object(answer) or answer_lines(answer)
+        if not obj:
+            return {}, [f"no JSON object (or 'Name: value' lines) in the answer: "
+                        f"{answer[:80]!r}"]
         keys = {re.sub(r"[\s_-]", "", str(k)).lower(): k for k in obj}
         labels: dict[str, str] = {}
         errors: list[str] = []
@@ -140,6 +142,18 @@ class LabelSchema(Model):
             err = exc.errors()[0]
             where = ".".join(str(part) for part in err["loc"]) or "(top level)"
             raise ValueError(f"{path}: {where}: {err['msg']}") from None
+
+
+_ANSWER_LINE = re.compile(r"^\W*(?:\d+\s*[.)]\s*)?([A-Za-z][A-Za-z _-]*?)\s*[:=]\s*(.+?)\W*$")
+
+
+def answer_lines(text: str) -> dict[str, str]:
+    """"Name: value" lines of ``text`` whose name is a label dimension (numbering, quotes and
+    punctuation dropped)."""
+    known = {alias for aliases in ANSWER_KEYS.values() for alias in aliases}
+    return {m.group(1): m.group(2).strip(" \"'") for line in text.splitlines()
+            if (m := _ANSWER_LINE.match(line.strip()))
+            and re.sub(r"[\s_-]", "", m.group(1)).lower() in known}
 
 
 def first_json_object(text: str) -> dict | None:

@@ -38,7 +38,7 @@ def test_judge_prompt_lists_every_allowed_value() -> None:
     prompt = judge_prompt(SCHEMA)
     for dim in ("structure", "emotion", "speechRate", "intonation"):
         assert all(v in prompt for v in SCHEMA.values(dim))
-    assert '"Speech Speed"' in prompt
+    assert '"speechRate"' in prompt  # the schema's keys, the same the labeller answers with
 
 
 def test_parse_well_formed_json_answer() -> None:
