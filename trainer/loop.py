@@ -63,6 +63,11 @@ class PromptSampler:
         self.seed, self.shuffle = seed, shuffle
         self._epoch, self._order = -1, np.arange(len(self.prompts))
 
+    @property
+    def steps_per_epoch(self) -> int:
+        per_step = self.per_rank * self.ctx.world_size
+        return -(-len(self.prompts) // per_step)
+
     def position(self, step: int) -> int:
         """Prompts consumed by all ranks after ``step`` steps."""
         return step * self.per_rank * self.ctx.world_size
@@ -281,7 +286,9 @@ class TrainingLoop:
         if self.metrics is None:
             return
         records = self.metrics.records()
-        write_summary(self.out / "summary.json", summarize(records))
+        # first vs last epoch: the same prompts, so the change is the policy's, not the data's
+        window = max(1, min(self.sampler.steps_per_epoch, len(records) // 3))
+        write_summary(self.out / "summary.json", summarize(records, window))
         plot_rewards(records, self.out / "reward_curve.png")
 
 

@@ -113,9 +113,11 @@ def window_mean(records: list[Record], key: str, first: bool, n: int) -> float |
 
 def summarize(records: list[Record], window: int = 5) -> Record:
     """Run totals: steps, reward at the start and the end (means over ``window`` steps)."""
+    window = max(1, window)
     reward_keys = sorted({k for r in records for k in r if k.startswith("reward/")})
     summary: Record = {
         "steps": len(records),
+        "window_steps": window,
         "last_step": records[-1]["step"] if records else 0,
         "reward_first": window_mean(records, "reward_mean", True, window),
         "reward_last": window_mean(records, "reward_mean", False, window),
