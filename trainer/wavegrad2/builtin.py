@@ -18,7 +18,7 @@ from rlaif.config import TrainerConfig
 from rlaif.trainer.files import fsync_tree
 from rlaif.trainer.policies.prosody_lm import cache_root
 from rlaif.trainer.wavegrad2 import config as presets
-from rlaif.trainer.wavegrad2.corpus import write_espeak_corpus
+from rlaif.trainer.wavegrad2.corpus import METADATA, WAVS, write_espeak_corpus
 from rlaif.trainer.wavegrad2.modeldir import WEIGHTS_FILE
 from rlaif.trainer.wavegrad2.pretrain import pretrain
 
@@ -34,8 +34,13 @@ STEPS = 300
 def make_tiny_model(out: Path, steps: int = STEPS, seed: int = 0) -> list[float]:
     """Write the espeak-ng corpus into ``out`` and pre-train the tiny model there; returns
     the pre-training losses."""
-    write_espeak_corpus(TEXTS, out, sample_rate=presets.tiny().sample_rate)
-    return pretrain(out, out, presets.tiny(), steps, batch_size=4, seed=seed)[1]
+    corpus = write_espeak_corpus(TEXTS, out.with_name(f".{out.name}-corpus"),
+                                 sample_rate=presets.tiny().sample_rate)
+    losses = pretrain(corpus, out, presets.tiny(), steps, batch_size=4, seed=seed)[1]
+    for name in (METADATA, WAVS):  # the model dir is also its corpus
+        (corpus / name).rename(out / name)
+    shutil.rmtree(corpus)
+    return losses
 
 
 def builtin_model_dir() -> Path:
