@@ -144,11 +144,11 @@ class DLPOAlgorithm:
         self.objective = spec.dlpo.objective
         self.group_size = spec.dlpo.group_size
         self.net = load_model(modelref.resolve(spec.policy.model), device)
-        self.transitions = self.net.config.schedule.transitions(spec.dlpo.denoising_steps)
         gt = spec.data.ground_truth
         self.ground_truth = (read_examples(ground_truth_dir(config, gt), self.net.config)
                              if gt else [])
         check_spec(spec.dlpo, spec.trainer.deepspeed.zero_stage, bool(self.ground_truth))
+        self.transitions = self.net.config.schedule.transitions(spec.dlpo.denoising_steps)
         self.lora = spec.policy.finetune == "lora"
         module: torch.nn.Module = self.net
         self.frozen: WaveGrad2 | None = None
