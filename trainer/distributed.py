@@ -49,6 +49,7 @@ def init_distributed() -> DistContext:
         device, backend = torch.device("cuda", local_rank), "nccl"
     else:
         device, backend = torch.device("cpu"), "gloo"
+        skip_shared_memory_op()
     if not dist.is_initialized():
         deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False)
     return DistContext(dist.get_rank(), dist.get_world_size(), local_rank, device)
@@ -59,6 +60,19 @@ def _device() -> torch.device:
     if dist.get_backend() == "nccl":
         return torch.device("cuda", torch.cuda.current_device())
     return torch.device("cpu")
+
+
+def skip_shared_memory_op() -> None:
+    """Do not JIT-build DeepSpeed's CPU shared-memory all-reduce op.
+
+    Only ``inference_all_reduce`` uses it (training collectives go through gloo), yet
+    DeepSpeed compiles it in every process that joins a group: about a minute on 2 cores,
+    and again whenever another process on the machine rebuilt the shared cache in
+    ~/.cache/torch_extensions with different flags.
+    """
+    import deepspeed.ops
+
+    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
 
 
 def all_mean(values: dict[str, float]) -> dict[str, float]:
