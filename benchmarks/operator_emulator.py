@@ -66,6 +66,8 @@ class Emulator(kmock.KubernetesEmulator):  # type: ignore[misc]
 
     served = 0
     """Requests served (kmock's own log is trimmed, see below)."""
+    operator_requests = 0
+    """Of which the operator (its client and kopf) made."""
     operator_calls: set[tuple[str, str, str, str]]
     """(verb, group, resource, subresource) of every request the operator made (RBAC check)."""
 
@@ -79,6 +81,7 @@ class Emulator(kmock.KubernetesEmulator):  # type: ignore[misc]
         res = request.resource
         if (res is not None and res.plural and request.action is not None
                 and agent.startswith((USER_AGENT, "kopf/"))):
+            self.operator_requests += 1
             self.operator_calls.add((RBAC_VERBS[request.action.value], res.group or "",
                                      res.plural, request.subresource or ""))
         data = request.data if isinstance(request.data, dict) else None

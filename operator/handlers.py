@@ -25,6 +25,8 @@ from rlaif.operator.settings import OperatorConfig
 CFG = OperatorConfig.from_env()
 JOBS = (c.GROUP, c.VERSION, c.JOB_PLURAL)
 SERVERS = (c.GROUP, c.VERSION, c.SERVER_PLURAL)
+OWNED = {c.LABEL_MANAGED_BY: c.PART_OF}
+"""Children this operator created (it watches their changes to react at once)."""
 RETRY_SECONDS = max(1.0, CFG.reconcile_interval)
 """A failed reconciliation (API error) is retried this soon, not after kopf's 60 s."""
 
@@ -52,48 +54,72 @@ def webhook_server(cfg: OperatorConfig) -> kopf.WebhookServer:
                               pkeyfile=str(certs / "tls.key"), cafile=str(ca))
 
 
-def _run(kind: str, body: kopf.Body, scrape: bool = False) -> None:
-    meta = body["metadata"]
+def _run(kind: str, namespace: str | None, name: str, uid: str, scrape: bool = False) -> None:
+    """One reconciliation of one object, never two at once for the same object."""
     telemetry.RECONCILES.labels(kind).inc()
-    with (_locks[meta["uid"]], telemetry.SECONDS.labels(kind).time(),
+    with (_locks[uid], telemetry.SECONDS.labels(kind).time(),
           telemetry.FAILURES.labels(kind).count_exceptions()):
-        client = kube.client()
-        fresh = client.get(c.API_VERSION, kind, meta.get("namespace"), meta["name"])
+        session = kube.client().session()
+        fresh = session.get(c.API_VERSION, kind, namespace, name)
         if fresh is None or fresh["metadata"].get("deletionTimestamp"):
             return
         now = datetime.now(timezone.utc)
         if kind == c.JOB_KIND:
             if reconcile.expired(fresh, now):
-                client.delete(c.API_VERSION, kind, meta.get("namespace"), meta["name"])
-                kopf.info(body, reason="Expired", message="deleted after ttlSecondsAfterFinished")
+                session.delete(c.API_VERSION, kind, namespace, name)
+                kopf.info(fresh, reason="Expired", message="deleted after ttlSecondsAfterFinished")
                 return
-            outcome = reconcile.reconcile_job(client, fresh, CFG, now, scrape=scrape)
+            outcome = reconcile.reconcile_job(session, fresh, CFG, now, scrape=scrape)
         else:
-            outcome = reconcile.reconcile_server(client, fresh, now)
+            outcome = reconcile.reconcile_server(session, fresh, now)
     for type_, reason, message in outcome.events:
-        kopf.event(body, type=type_, reason=reason, message=message)
+        kopf.event(fresh, type=type_, reason=reason, message=message)
+
+
+def _run_body(kind: str, body: kopf.Body, scrape: bool = False) -> None:
+    meta = body["metadata"]
+    _run(kind, meta.get("namespace"), meta["name"], meta["uid"], scrape)
+
+
+def _run_owner(body: kopf.Body) -> None:
+    """A child changed (a Deployment became ready, a trainer Job failed): reconcile its owner
+    now rather than at the next timer tick."""
+    for ref in body["metadata"].get("ownerReferences") or []:
+        if ref.get("controller") and ref.get("apiVersion") == c.API_VERSION:
+            _run(ref["kind"], body["metadata"].get("namespace"), ref["name"], ref["uid"])
 
 
 @kopf.on.event(*JOBS)
 def job_event(body: kopf.Body, type: str | None, **_: Any) -> None:
     if type != "DELETED":
-        _run(c.JOB_KIND, body)
+        _run_body(c.JOB_KIND, body)
 
 
 @kopf.timer(*JOBS, interval=CFG.reconcile_interval, backoff=RETRY_SECONDS)
 def job_timer(body: kopf.Body, **_: Any) -> None:
-    _run(c.JOB_KIND, body, scrape=CFG.scrape_metrics)
+    _run_body(c.JOB_KIND, body, scrape=CFG.scrape_metrics)
 
 
 @kopf.on.event(*SERVERS)
 def server_event(body: kopf.Body, type: str | None, **_: Any) -> None:
     if type != "DELETED":
-        _run(c.SERVER_KIND, body)
+        _run_body(c.SERVER_KIND, body)
+        _run_owner(body)  # a job waiting for this server's readiness
 
 
 @kopf.timer(*SERVERS, interval=CFG.reconcile_interval, backoff=RETRY_SECONDS)
 def server_timer(body: kopf.Body, **_: Any) -> None:
-    _run(c.SERVER_KIND, body)
+    _run_body(c.SERVER_KIND, body)
+
+
+@kopf.on.event("apps", "v1", "deployments", labels=OWNED)
+def deployment_event(body: kopf.Body, **_: Any) -> None:
+    _run_owner(body)
+
+
+@kopf.on.event("batch", "v1", "jobs", labels=OWNED)
+def batch_job_event(body: kopf.Body, **_: Any) -> None:
+    _run_owner(body)
 
 
 def validate_job(body: kopf.Body, old: kopf.Body | None, **_: Any) -> None:

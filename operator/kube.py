@@ -94,8 +94,8 @@ class Kube:
         found = self.request("GET", f"{path(api_version, kind, namespace)}?{query}") or {}
         return [o for o in found.get("items") or [] if matches(o, labels)]
 
-    def ensure(self, body: Manifest) -> Manifest:
-        """Create ``body`` unless an object of that name exists; returns the stored object."""
+    def create(self, body: Manifest) -> Manifest:
+        """Create ``body``; if another writer created it first, the stored object."""
         meta = body["metadata"]
         url = path(body["apiVersion"], body["kind"], meta.get("namespace"))
         try:
@@ -106,6 +106,15 @@ class Kube:
         existing = self.get(body["apiVersion"], body["kind"], meta.get("namespace"), meta["name"])
         return existing if existing is not None else body
 
+    def ensure(self, body: Manifest) -> Manifest:
+        """The stored object named like ``body``, created from it when missing."""
+        meta = body["metadata"]
+        existing = self.get(body["apiVersion"], body["kind"], meta.get("namespace"), meta["name"])
+        return existing if existing is not None else self.create(body)
+
+    def session(self) -> Session:
+        return Session(self)
+
     def patch(self, api_version: str, kind: str, namespace: str | None, name: str,
               patch: Manifest, subresource: str = "") -> Manifest | None:
         url = path(api_version, kind, namespace, name) + (f"/{subresource}" if subresource else "")
@@ -115,6 +124,46 @@ class Kube:
         """Delete with its pods (background propagation); already gone is fine."""
         self.request("DELETE", path(api_version, kind, namespace, name),
                      {"propagationPolicy": "Background"})
+
+
+class Session:
+    """One reconciliation's view of the API: each object is read at most once, and what this
+    session writes is what it reads back (the steady state costs one GET per child)."""
+
+    def __init__(self, kube: Kube):
+        self.kube = kube
+        self.cache: dict[str, Manifest | None] = {}
+
+    def get(self, api_version: str, kind: str, namespace: str | None, name: str
+            ) -> Manifest | None:
+        key = path(api_version, kind, namespace, name)
+        if key not in self.cache:
+            self.cache[key] = self.kube.get(api_version, kind, namespace, name)
+        return self.cache[key]
+
+    def list(self, api_version: str, kind: str, namespace: str | None,
+             labels: dict[str, str]) -> list[Manifest]:
+        return self.kube.list(api_version, kind, namespace, labels)
+
+    def ensure(self, body: Manifest) -> Manifest:
+        meta = body["metadata"]
+        existing = self.get(body["apiVersion"], body["kind"], meta.get("namespace"), meta["name"])
+        if existing is None:
+            existing = self.kube.create(body)
+            self.cache[path(body["apiVersion"], body["kind"], meta.get("namespace"),
+                            meta["name"])] = existing
+        return existing
+
+    def patch(self, api_version: str, kind: str, namespace: str | None, name: str,
+              patch: Manifest, subresource: str = "") -> Manifest | None:
+        result = self.kube.patch(api_version, kind, namespace, name, patch, subresource)
+        if not subresource:
+            self.cache[path(api_version, kind, namespace, name)] = result
+        return result
+
+    def delete(self, api_version: str, kind: str, namespace: str | None, name: str) -> None:
+        self.kube.delete(api_version, kind, namespace, name)
+        self.cache[path(api_version, kind, namespace, name)] = None
 
 
 _lock = threading.Lock()

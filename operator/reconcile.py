@@ -17,7 +17,7 @@ from rlaif.operator import admission, conditions, metrics
 from rlaif.operator import job_builders as jb
 from rlaif.operator import server_builders as sb
 from rlaif.operator.job_status import TERMINAL, Limits, Observed, Plan, RewardState, plan
-from rlaif.operator.kube import Kube
+from rlaif.operator.kube import Session
 from rlaif.operator.meta import KUEUE_QUEUE_LABEL, Manifest, owned
 from rlaif.operator.server_status import problem_of, server_status
 from rlaif.operator.settings import OperatorConfig
@@ -43,7 +43,7 @@ def _ns(body: Manifest) -> str | None:
     return body["metadata"].get("namespace")
 
 
-def _write_status(kube: Kube, body: Manifest, kind: str, status: dict[str, Any]) -> bool:
+def _write_status(kube: Session, body: Manifest, kind: str, status: dict[str, Any]) -> bool:
     """Patch status only when it changed (an unchanged patch would wake every watcher)."""
     current = body.get("status") or {}
     if all(current.get(k) == v for k, v in status.items()):
@@ -75,7 +75,7 @@ def _invalid(body: Manifest, errors: list[str], now: datetime) -> dict[str, Any]
     return {"phase": "Failed", "conditions": conds, "completionTime": conditions.now_iso(now)}
 
 
-def _effective_job(kube: Kube, body: Manifest, job: RLAIFJob) -> tuple[RLAIFJob, list[str]]:
+def _effective_job(kube: Session, body: Manifest, job: RLAIFJob) -> tuple[RLAIFJob, list[str]]:
     """The job as accepted: immutable fields keep the values the job started with."""
     accepted = admission.accepted_spec(body)
     if accepted is None:
@@ -90,13 +90,13 @@ def _effective_job(kube: Kube, body: Manifest, job: RLAIFJob) -> tuple[RLAIFJob,
     return RLAIFJob.model_validate(original), changes
 
 
-def _batch_job(kube: Kube, ns: str | None, name: str) -> WorkloadState | None:
+def _batch_job(kube: Session, ns: str | None, name: str) -> WorkloadState | None:
     found = kube.get("batch/v1", "Job", ns, name)
     pods = kube.list("v1", "Pod", ns, {JOB_NAME_LABEL: name}) if found else []
     return summarize_job(found, pods)
 
 
-def _reward_states(kube: Kube, job: RLAIFJob) -> list[RewardState]:
+def _reward_states(kube: Session, job: RLAIFJob) -> list[RewardState]:
     states = []
     for reward in job.spec.rewards:
         name = jb.reward_server_name(job, reward.name)
@@ -117,7 +117,7 @@ def _limits(job: RLAIFJob, cfg: OperatorConfig) -> Limits:
                   start_timeout=cfg.start_timeout)
 
 
-def _sync_config(kube: Kube, owner: Manifest, job: RLAIFJob) -> None:
+def _sync_config(kube: Session, owner: Manifest, job: RLAIFJob) -> None:
     """Create the ConfigMap, or update it in place (reward weights apply live)."""
     built = owned(jb.build_config_map(job), owner)
     existing = kube.ensure(built)
@@ -126,7 +126,7 @@ def _sync_config(kube: Kube, owner: Manifest, job: RLAIFJob) -> None:
                    {"data": built["data"]})
 
 
-def _sync_rewards(kube: Kube, owner: Manifest, job: RLAIFJob) -> None:
+def _sync_rewards(kube: Session, owner: Manifest, job: RLAIFJob) -> None:
     """Owned RewardServers follow the job's spec (replicas 0 while suspended)."""
     kube.ensure(owned(jb.build_network_policy(job), owner))
     for server in jb.build_reward_servers(job):
@@ -139,7 +139,7 @@ def _sync_rewards(kube: Kube, owner: Manifest, job: RLAIFJob) -> None:
                        server["metadata"]["name"], {"spec": server["spec"]})
 
 
-def _sync_trainer(kube: Kube, owner: Manifest, job: RLAIFJob, p: Plan, attempt: int,
+def _sync_trainer(kube: Session, owner: Manifest, job: RLAIFJob, p: Plan, attempt: int,
                   status: dict[str, Any], now: datetime) -> None:
     ns, suspended = job.metadata.namespace, job.spec.run_policy.suspend
     kube.ensure(owned(jb.build_trainer_service(job), owner))
@@ -160,7 +160,7 @@ def _sync_trainer(kube: Kube, owner: Manifest, job: RLAIFJob, p: Plan, attempt: 
         kube.delete("batch/v1", "Job", ns, jb.trainer_job_name(job, attempt))
 
 
-def _scrape(kube: Kube, job: RLAIFJob, attempt: int) -> dict[str, Any]:
+def _scrape(kube: Session, job: RLAIFJob, attempt: int) -> dict[str, Any]:
     """Rank 0's gauges, or nothing while it is not serving yet."""
     name = jb.trainer_job_name(job, attempt)
     pods = kube.list("v1", "Pod", job.metadata.namespace, {JOB_NAME_LABEL: name})
@@ -175,7 +175,7 @@ def _scrape(kube: Kube, job: RLAIFJob, attempt: int) -> dict[str, Any]:
         return {}
 
 
-def reconcile_job(kube: Kube, body: Manifest, cfg: OperatorConfig, now: datetime,
+def reconcile_job(kube: Session, body: Manifest, cfg: OperatorConfig, now: datetime,
                   scrape: bool = False) -> Outcome:
     """Bring one RLAIFJob's children and status up to date."""
     status = dict(body.get("status") or {})
@@ -256,7 +256,7 @@ def _template_drift(existing: Manifest, built: Manifest) -> bool:
     return any(have_box[0].get(k) != want_box[k] for k in ("image", "args", "resources"))
 
 
-def reconcile_server(kube: Kube, body: Manifest, now: datetime) -> Outcome:
+def reconcile_server(kube: Session, body: Manifest, now: datetime) -> Outcome:
     """Bring one RewardServer's Deployment, Service, PDB and status up to date."""
     old = dict(body.get("status") or {})
     try:
