@@ -15,6 +15,7 @@ from rlaif.api.models import RewardServer
 from rlaif.operator import admission, conditions, metrics
 from rlaif.operator.job_status import Limits, Observed, RewardState, plan
 from rlaif.operator.main import kopf_argv
+from rlaif.operator.reconcile import expired
 from rlaif.operator.server_status import problem_of, server_status
 from rlaif.operator.settings import OperatorConfig
 from rlaif.operator.workloads import Problem, WorkloadState, pod_problem, summarize_job
@@ -301,3 +302,13 @@ def test_kopf_arguments_get_defaults_unless_given() -> None:
     argv = kopf_argv(["--namespace=ml", "--peering", "rlaif", "--log-format", "json"])
     assert "--all-namespaces" not in argv and "--standalone" not in argv
     assert argv[-5:] == ["--namespace=ml", "--peering", "rlaif", "--log-format", "json"]
+
+
+def test_finished_jobs_expire_after_their_ttl() -> None:
+    body = {"spec": {"runPolicy": {"ttlSecondsAfterFinished": 60}},
+            "status": {"phase": "Succeeded", "completionTime": "2026-01-01T00:00:00Z"}}
+    assert not expired(body, T0 + timedelta(seconds=59))
+    assert expired(body, T0 + timedelta(seconds=60))
+    running = {**body, "status": {**body["status"], "phase": "Running"}}
+    assert not expired(running, T0 + timedelta(days=1))
+    assert not expired({**body, "spec": {"runPolicy": {}}}, T0 + timedelta(days=1))
