@@ -122,8 +122,9 @@ def batch_job_event(body: kopf.Body, **_: Any) -> None:
     _run_owner(body)
 
 
-def validate_job(body: kopf.Body, old: kopf.Body | None, **_: Any) -> None:
+def validate_job(body: kopf.Body, **kwargs: Any) -> None:
     """Refuse invalid specs and immutable-field changes at admission."""
+    old = kwargs.get("old")
     errors = admission.admission_errors(dict(old) if old else None, dict(body))
     if errors:
         raise kopf.AdmissionError("; ".join(errors), code=422)

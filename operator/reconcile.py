@@ -183,9 +183,9 @@ def reconcile_job(kube: Session, body: Manifest, cfg: OperatorConfig, now: datet
         return Outcome()
     parsed, errors = admission.parse_job(body)
     if parsed is None:
-        new = _invalid(body, errors, now)
-        _write_status(kube, body, c.JOB_KIND, new)
-        return Outcome(new, _events(status.get("conditions") or [], new["conditions"]))
+        failed = _invalid(body, errors, now)
+        _write_status(kube, body, c.JOB_KIND, failed)
+        return Outcome(failed, _events(status.get("conditions") or [], failed["conditions"]))
     job, refused = _effective_job(kube, body, parsed)
     ns, attempt = job.metadata.namespace, int(status.get("restarts") or 0)
     obs = Observed(
