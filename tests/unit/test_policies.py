@@ -166,3 +166,26 @@ def test_codec_lm_rejects_a_tokenizer_without_speech_tokens(tmp_path: Path) -> N
                        hop_length=32)).save_pretrained(str(tmp_path / "codec4"))
     with pytest.raises(ValueError, match="lacks speech tokens"):
         CodecLM(tmp_path / "lm", tmp_path / "codec4", "lora", LORA, CPU, torch.float32)
+
+
+def test_saved_adapter_reloads_onto_the_base_model(tmp_path: Path) -> None:
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    write_model_dir(tmp_path / "base")
+    lora = LoraSpec(r=4, alpha=8, dropout=0.0, target_modules=["q_proj", "lm_head"])
+    policy = ProsodyLM(tmp_path / "base", "lora", lora, CPU, torch.float32)
+    with torch.no_grad():
+        for name, p in policy.model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(std=0.5)  # stands in for training: adapters away from zero
+    policy.save_pretrained(tmp_path / "adapter")
+    assert (tmp_path / "adapter" / "prosody_vocab.json").exists()
+    base = AutoModelForCausalLM.from_pretrained(str(tmp_path / "base"))
+    reloaded = PeftModel.from_pretrained(base, str(tmp_path / "adapter")).eval()
+    ids = policy.encode_prompt(PROMPT).unsqueeze(0)
+    with torch.no_grad():
+        expected = policy.model.eval()(input_ids=ids).logits
+        assert torch.allclose(reloaded(input_ids=ids).logits, expected, atol=1e-5)
+        with reloaded.disable_adapter():
+            assert not torch.allclose(reloaded(input_ids=ids).logits, expected, atol=1e-3)

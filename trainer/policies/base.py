@@ -180,5 +180,11 @@ class SpeechLMPolicy(ABC):
         return rows
 
     def save_pretrained(self, out: Path) -> None:
-        """The adapter (LoRA) or the full model, loadable with peft / transformers."""
-        self.model.save_pretrained(str(out))  # type: ignore[operator]
+        """The adapter (LoRA) or the full model, loadable with peft / transformers.
+
+        The frozen base weights of adapted output layers (``lm_head``) are not copied into
+        the adapter: they are the base model's."""
+        if self.finetune == "lora":
+            self.model.save_pretrained(str(out), save_embedding_layers=False)  # type: ignore[operator]
+        else:
+            self.model.save_pretrained(str(out))  # type: ignore[operator]
