@@ -103,7 +103,14 @@ class Emulator(kmock.KubernetesEmulator):  # type: ignore[misc]
             if key in self.objects and not (stored := self.objects[key]).deleted:
                 generation = (stored.get("metadata") or {}).get("generation", 1)
                 data.setdefault("metadata", {})["generation"] = generation + 1
-        return await super()._handle(request)
+        try:
+            return await super()._handle(request)
+        finally:
+            if request.action == kmock.action.UPDATE and request.resource is not None:
+                # kmock keeps every version of every object; keep the latest only.
+                key = (request.resource, request.namespace, request.name)
+                if key in self.objects:
+                    del self.objects[key].history[:-1]
 
     async def _serve_fetch(self, request: kmock.Request) -> Any:
         return _scale_view(request, await super()._serve_fetch(request))
@@ -214,8 +221,8 @@ class EmulatedCluster:
         """The real ``rlaif operator`` process, reconciling every ``interval`` seconds; ``env``
         adds RLAIF_* settings."""
         rlaif = str(Path(sys.executable).parent / "rlaif")
-        full_env = self.env(RLAIF_RECONCILE_INTERVAL=str(interval), RLAIF_START_TIMEOUT="30",
-                            **env)
+        full_env = self.env(**{"RLAIF_RECONCILE_INTERVAL": str(interval),
+                               "RLAIF_START_TIMEOUT": "30", **env})
         with log.open("wb") as out:
             self.operator = subprocess.Popen(
                 [rlaif, "operator", "--standalone", "--all-namespaces"], env=full_env,

@@ -82,7 +82,9 @@ def measure(n: int, interval: float, rest_seconds: float) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as tmp, EmulatedCluster(Path(tmp)) as cluster:
         kube = cluster.client()
         cluster.kubectl("apply", "--validate=false", "-f", str(REPO / "manifests" / "crds"))
-        operator = cluster.start_operator(Path(tmp) / "operator.log", interval=interval)
+        # Pods never start here: no start timeout may fail the jobs while we measure.
+        operator = cluster.start_operator(Path(tmp) / "operator.log", interval=interval,
+                                          RLAIF_START_TIMEOUT="86400")
         try:
             time.sleep(3)  # kopf's start-up (imports, discovery), not per-job work
             emu = cluster.emulator
