@@ -98,7 +98,7 @@ class Emulator(kmock.KubernetesEmulator):  # type: ignore[misc]
             if request.namespace and not meta.get("namespace"):
                 meta["namespace"] = request.namespace
         elif (data is not None and request.action == kmock.action.UPDATE
-              and "spec" in data and request.subresource is None):
+              and "spec" in data and request.subresource in (None, "scale")):
             key = (request.resource, request.namespace, request.name)
             if key in self.objects and not (stored := self.objects[key]).deleted:
                 generation = (stored.get("metadata") or {}).get("generation", 1)

@@ -89,9 +89,16 @@ def _run_owner(body: kopf.Body) -> None:
             _run(ref["kind"], body["metadata"].get("namespace"), ref["name"], ref["uid"])
 
 
+def _spec_changed(body: kopf.Body) -> bool:
+    """Whether the spec is newer than the status; our own status writes also arrive as watch
+    events, and reconciling on those would only repeat the last reconciliation."""
+    generation = body["metadata"].get("generation")
+    return generation is None or (body.get("status") or {}).get("observedGeneration") != generation
+
+
 @kopf.on.event(*JOBS)
 def job_event(body: kopf.Body, type: str | None, **_: Any) -> None:
-    if type != "DELETED":
+    if type != "DELETED" and _spec_changed(body):
         _run_body(c.JOB_KIND, body)
 
 
@@ -102,9 +109,11 @@ def job_timer(body: kopf.Body, **_: Any) -> None:
 
 @kopf.on.event(*SERVERS)
 def server_event(body: kopf.Body, type: str | None, **_: Any) -> None:
-    if type != "DELETED":
+    if type == "DELETED":
+        return
+    if _spec_changed(body):
         _run_body(c.SERVER_KIND, body)
-        _run_owner(body)  # a job waiting for this server's readiness
+    _run_owner(body)  # a job waiting for this server's readiness
 
 
 @kopf.timer(*SERVERS, interval=CFG.reconcile_interval, backoff=RETRY_SECONDS)
