@@ -19,7 +19,8 @@ DIFFUSION_LOSS_FACTOR = 2.5
 (measured: 1.7x after 12 steps, 3.6x at its peak; objective ddpo reaches 5x by step 12,
 see docs/dlpo.md)."""
 MOS_GAIN = 0.05
-"""DNSMOS overall MOS of the last 4 steps over the untrained policy's (measured: +0.1-0.15)."""
+"""DNSMOS overall MOS of the second half of the run over the untrained policy's at step 1
+(measured: 1.50 against 1.12)."""
 
 
 @pytest.mark.slow
@@ -39,7 +40,8 @@ def test_cpu_example_runs_end_to_end_against_dnsmos(repo, tmp_path) -> None:
         assert 0.0 <= r["reward_mean"] <= 1.0
         assert r["time_generate"] > 0 and r["time_update"] > 0
     mos = [r["naturalness/ovrl"] for r in records]
-    assert sum(mos[-4:]) / 4 > mos[0] + MOS_GAIN, mos
+    half = mos[STEPS // 2:]
+    assert sum(half) / len(half) > mos[0] + MOS_GAIN, mos
     first, last = records[0]["diffusion_loss"], records[-1]["diffusion_loss"]
     assert 0 < last <= DIFFUSION_LOSS_FACTOR * first, (first, last)
     final = load_model(out / "adapter")
