@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from rlaif.trainer.algorithm import Algorithm
-from rlaif.trainer.distributed import DistContext, barrier
+from rlaif.trainer.distributed import DistContext, all_gather_objects, barrier
 from rlaif.trainer.files import fsync_dir, fsync_tree
 
 log = logging.getLogger(__name__)
@@ -93,9 +93,14 @@ class Checkpoints:
             tmp.mkdir(parents=True)
         barrier()
         algorithm.save_state(tmp)
-        torch.save(rng_state(), tmp / f"rng-rank{self.ctx.rank}.pt")
-        barrier()
+        rng_file = tmp / f"rng-rank{self.ctx.rank}.pt"
+        torch.save(rng_state(), rng_file)
+        written = all_gather_objects(rng_file.name)
         if self.ctx.is_main:
+            missing = [name for name in written if not (tmp / name).is_file()]
+            if missing:  # never commit a checkpoint some rank's part is missing from
+                raise RuntimeError(f"checkpoint {final.name}: {', '.join(missing)} missing "
+                                   f"from {tmp}; is {self.root} shared by every rank?")
             record = {"step": step, "time": time.time(), "world_size": self.ctx.world_size,
                       **meta}
             (tmp / META).write_text(json.dumps(record, indent=1))

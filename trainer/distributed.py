@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import socket
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -104,6 +105,16 @@ def all_gather_array(values: torch.Tensor) -> torch.Tensor:
     return torch.cat(parts).cpu()
 
 
+def all_gather_objects(value: Any) -> list[Any]:
+    """``value`` from every rank, in rank order: a sync point that carries data."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return [value]
+    out: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, value)
+    return out
+
+
 def barrier() -> None:
+    """Wait for every rank, as an all-reduce: it cannot complete before each rank joins."""
     if dist.is_initialized() and dist.get_world_size() > 1:
-        dist.barrier()
+        dist.all_reduce(torch.zeros(1, device=_device()))

@@ -20,7 +20,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.distributed as dist
 
 from rlaif.config import TrainerConfig
 from rlaif.data import Prompt, load_prompts
@@ -28,7 +27,7 @@ from rlaif.reward_client import RewardClient, RewardScores, ScoreItem
 from rlaif.trainer.algorithm import Algorithm
 from rlaif.trainer.audio import write_wav
 from rlaif.trainer.checkpoint import Checkpoints
-from rlaif.trainer.distributed import DistContext, all_any
+from rlaif.trainer.distributed import DistContext, all_any, all_gather_objects
 from rlaif.trainer.metrics import (
     MetricsLog,
     PrometheusExporter,
@@ -147,13 +146,9 @@ def numeric_detail_means(scores: RewardScores) -> dict[str, float]:
 
 def reduce_record(local: dict[str, float], rewards: np.ndarray) -> Record:
     """Metrics over all ranks: exact reward mean/std, other figures averaged over ranks."""
-    if not dist.is_initialized() or dist.get_world_size() == 1:
-        parts, totals = [local], rewards
-    else:
-        gathered: list[Any] = [None] * dist.get_world_size()
-        dist.all_gather_object(gathered, (local, rewards.tolist()))
-        parts = [p for p, _ in gathered]
-        totals = np.concatenate([np.asarray(r) for _, r in gathered])
+    gathered = all_gather_objects((local, rewards.tolist()))
+    parts = [p for p, _ in gathered]
+    totals = np.concatenate([np.asarray(r, dtype=np.float64) for _, r in gathered])
     keys = sorted({k for p in parts for k in p})
     record: Record = {k: float(np.mean([p[k] for p in parts if k in p])) for k in keys}
     for key in SPREAD_KEYS & set(keys):

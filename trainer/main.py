@@ -86,6 +86,12 @@ def run_rank(config: TrainerConfig, *, overlap: bool = True) -> int:
 
     set_cpu_threads()
     ctx = init_distributed()
+    trainer = config.spec.trainer
+    if ctx.world_size != trainer.nodes * trainer.processes_per_node:
+        raise ConfigError(f"the launcher started {ctx.world_size} rank(s) but spec.trainer asks "
+                          f"for nodes {trainer.nodes} x processesPerNode "
+                          f"{trainer.processes_per_node} (stale RANK/WORLD_SIZE/LOCAL_RANK in "
+                          f"the environment?)")
     seed_everything(config.spec.seed)  # identical initial weights (LoRA) on every rank
     module = importlib.import_module(ALGORITHMS[config.spec.algorithm])
     algorithm = module.build_algorithm(config, ctx.rank, ctx.world_size)
@@ -111,7 +117,7 @@ def train_command(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 2
-    if "LOCAL_RANK" not in os.environ:
+    if "LOCAL_RANK" not in os.environ:  # not started by a launcher: pick one
         trainer = config.spec.trainer
         argv = launcher_command(path.resolve(), trainer.nodes, trainer.processes_per_node,
                                 dict(os.environ))
@@ -119,7 +125,11 @@ def train_command(args: argparse.Namespace) -> int:
             log.info("launching %d x %d ranks: %s", trainer.nodes, trainer.processes_per_node,
                      " ".join(argv))
             os.execv(argv[0], argv)
-    return run_rank(config)
+    try:
+        return run_rank(config)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 2
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -81,7 +81,9 @@ def write_config(tmp: Path, endpoints: list[RewardEndpoint], *, steps: int, rank
 
 
 def start_trainer(config: Path, log: Path) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "MASTER_PORT": str(free_port())}
+    env = {k: v for k, v in os.environ.items()  # an in-process rank of another test set these
+           if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE")}
+    env["MASTER_PORT"] = str(free_port())
     with open(log, "ab") as f:
         return subprocess.Popen([sys.executable, "-m", "rlaif.cli", "train", "--config",
                                  str(config)], stdout=f, stderr=subprocess.STDOUT, env=env,
