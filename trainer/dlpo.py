@@ -121,9 +121,6 @@ def apply_lora(model: WaveGrad2, lora: LoraSpec) -> torch.nn.Module:
 
 def check_spec(spec: DLPOSpec, zero_stage: int, has_ground_truth: bool) -> None:
     """Reject settings the DLPO trainer cannot honour, naming the field."""
-    if spec.denoising_steps < 2:
-        raise ValueError("spec.dlpo.denoisingSteps: at least 2 (one stochastic step plus "
-                         "the noise-free last one)")
     if zero_stage == 3:
         raise ValueError("spec.trainer.deepspeed.zeroStage: DLPO supports stages 0-2 (the "
                          "WaveGrad 2 policy is small; stage 3 would shard the EMA weights)")

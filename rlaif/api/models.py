@@ -146,7 +146,9 @@ class DLPOSpec(Model):
         "dlpo", description="dlpo (reward + diffusion loss) or a baseline of the paper.")
     group_size: int = Field(4, ge=2, description="Denoising chains per text (G).")
     batch_size: int = Field(1, ge=1, description="Texts per step on each rank.")
-    denoising_steps: int = Field(50, ge=1, le=1000, description="Steps of the sampling chain.")
+    denoising_steps: int = Field(50, ge=2, le=1000, description="Model evaluations per "
+                                 "sampling chain (the last one is noise-free; 1000 = the "
+                                 "paper's full chain).")
     learning_rate: float = Field(3e-5, gt=0, description="Adam learning rate (paper: 3e-5).")
     reward_scale: float = Field(5.0, gt=0, description="Multiplies the reward (paper: 5).")
     diffusion_loss_coef: float = Field(1.0, ge=0, description="Weight of the diffusion loss.")

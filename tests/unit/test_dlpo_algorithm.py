@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 import torch
 
-from rlaif.api.models import LoraSpec, RLAIFJobSpec
+from rlaif.api.models import DLPOSpec, LoraSpec, RLAIFJobSpec
 from rlaif.config import RewardEndpoint, TrainerConfig
 from rlaif.data import Prompt
 from rlaif.trainer.distributed import init_distributed
-from rlaif.trainer.dlpo import DLPOAlgorithm, apply_lora, build_algorithm
+from rlaif.trainer.dlpo import DLPOAlgorithm, apply_lora, build_algorithm, check_spec
 from rlaif.trainer.wavegrad2 import config as presets
 from rlaif.trainer.wavegrad2.corpus import write_espeak_corpus
 from rlaif.trainer.wavegrad2.model import WaveGrad2
@@ -69,7 +69,6 @@ def weights(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {n: p.detach().clone() for n, p in module.named_parameters()}
 
 
-@pytest.mark.slow  # the first case pays DeepSpeed's import and process-group set-up
 @pytest.mark.parametrize("objective", ["dlpo", "ddpo", "dpok", "klinr", "rwr"])
 def test_every_objective_updates_the_policy(model_dir, tmp_path, objective) -> None:
     algo = make(model_dir, tmp_path, objective=objective)
@@ -118,7 +117,10 @@ def test_state_round_trip_resumes_the_same_rollouts(model_dir, tmp_path) -> None
 
 
 def test_bad_settings_name_the_field(model_dir, tmp_path) -> None:
-    with pytest.raises(ValueError, match=r"spec\.dlpo\.denoisingSteps"):
-        make(model_dir, tmp_path, denoisingSteps=1)
+    with pytest.raises(ValueError, match=r"spec\.trainer\.deepspeed\.zeroStage"):
+        check_spec(DLPOSpec(), zero_stage=3, has_ground_truth=True)
+    with pytest.raises(ValueError, match=r"spec\.data\.groundTruth"):
+        check_spec(DLPOSpec(objective="dlpo"), zero_stage=2, has_ground_truth=False)
+    check_spec(DLPOSpec(objective="ddpo"), zero_stage=2, has_ground_truth=False)
     with pytest.raises(ValueError, match=r"spec\.policy\.lora\.targetModules: .*q_proj"):
         apply_lora(load_model(model_dir), LoraSpec(target_modules=["q_proj"]))
