@@ -151,9 +151,8 @@ class DLPOAlgorithm:
         self.frozen: WaveGrad2 | None = None
         if self.lora:
             module = apply_lora(self.net, spec.policy.lora)
-        else:
-            if self.objective in REFERENCE_OBJECTIVES:
-                self.frozen = copy.deepcopy(self.net).requires_grad_(False)
+        elif self.objective in REFERENCE_OBJECTIVES:
+            self.frozen = copy.deepcopy(self.net).requires_grad_(False)
         if spec.policy.dtype not in ("auto", "float32"):
             log.warning("DLPO keeps WaveGrad 2 in float32 (log-densities of long waveforms "
                         "need it); spec.policy.dtype %s ignored", spec.policy.dtype)
