@@ -122,7 +122,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--jobs", default="1,10,100", help="comma-separated job counts")
     parser.add_argument("--interval", type=float, default=10.0,
-                        help="reconcile interval in seconds (the chart's default is 10)")
+                        help="reconcile interval in seconds (the chart's default is 30)")
     parser.add_argument("--rest-seconds", type=float, default=30.0,
                         help="how long to measure the operator at rest")
     args = parser.parse_args()

@@ -10,7 +10,7 @@ from dataclasses import dataclass, fields
 class OperatorConfig:
     """Each field maps to the environment variable ``RLAIF_<FIELD>`` (upper case)."""
 
-    reconcile_interval: float = 10.0
+    reconcile_interval: float = 30.0
     """Seconds between reconciliations of each job and server (children, status, metrics)."""
     start_timeout: int = 1800
     """Seconds trainer pods may stay unscheduled or unable to start before the job fails."""
