@@ -75,6 +75,11 @@ def _invalid(body: Manifest, errors: list[str], now: datetime) -> dict[str, Any]
     return {"phase": "Failed", "conditions": conds, "completionTime": conditions.now_iso(now)}
 
 
+def _failed_reason(status: dict[str, Any]) -> str | None:
+    failed = conditions.find(status.get("conditions") or [], c.COND_FAILED)
+    return failed.get("reason") if failed and failed.get("status") == "True" else None
+
+
 def _effective_job(kube: Session, body: Manifest, job: RLAIFJob) -> tuple[RLAIFJob, list[str]]:
     """The job as accepted: immutable fields keep the values the job started with."""
     accepted = admission.accepted_spec(body)
@@ -179,9 +184,12 @@ def reconcile_job(kube: Session, body: Manifest, cfg: OperatorConfig, now: datet
                   scrape: bool = False) -> Outcome:
     """Bring one RLAIFJob's children and status up to date."""
     status = dict(body.get("status") or {})
-    if status.get("phase") in TERMINAL:
-        return Outcome()
     parsed, errors = admission.parse_job(body)
+    restart = parsed is not None and _failed_reason(status) == "InvalidSpec"
+    if status.get("phase") in TERMINAL and not restart:
+        return Outcome()
+    if restart:  # the spec was fixed after it failed validation: start from the beginning
+        status = {}
     if parsed is None:
         failed = _invalid(body, errors, now)
         _write_status(kube, body, c.JOB_KIND, failed)
@@ -220,6 +228,8 @@ def reconcile_job(kube: Session, body: Manifest, cfg: OperatorConfig, now: datet
     }
     if (generation := body["metadata"].get("generation")) is not None:
         new["observedGeneration"] = generation
+    if restart:
+        new["completionTime"] = None
     if scrape and p.phase == "Running":
         new.update(_scrape(kube, job, p.restarts))
         if ckpt := new.get("lastCheckpoint"):

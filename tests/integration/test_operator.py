@@ -349,6 +349,12 @@ def test_invalid_spec_fails_naming_the_field(cluster: EmulatedCluster, kube: Kub
     failed = condition(st, c.COND_FAILED)
     assert failed["reason"] == "InvalidSpec"
     assert "spec.rewards[0].weight: must be greater than 0" in failed["message"]
+    # Fixing the spec starts the job from the beginning.
+    cluster.kubectl("patch", "-n", ns, "rlaifjob/quickstart", "--type=json", "-p",
+                    '[{"op": "replace", "path": "/spec/rewards/0/weight", "value": 0.3}]')
+    st = wait_phase(kube, ns, "quickstart", "Starting")
+    assert condition(st, c.COND_FAILED).get("status") != "True"
+    assert "completionTime" not in st
 
 
 def test_immutable_field_change_is_refused_with_a_condition(cluster: EmulatedCluster,
