@@ -19,6 +19,7 @@ from rlaif import constants as c
 from rlaif.operator.telemetry import API_CALLS
 
 Manifest = dict[str, Any]
+Manifests = list[Manifest]
 USER_AGENT = f"rlaif-operator/{__version__}"
 
 PLURALS = {
@@ -94,6 +95,13 @@ class Kube:
         found = self.request("GET", f"{path(api_version, kind, namespace)}?{query}") or {}
         return [o for o in found.get("items") or [] if matches(o, labels)]
 
+    def events_for(self, namespace: str | None, name: str) -> Manifests:
+        """The Events about the object called ``name`` (core/v1 Events)."""
+        query = urlencode({"fieldSelector": f"involvedObject.name={name}"})
+        found = self.request("GET", f"{path('v1', 'Event', namespace)}?{query}") or {}
+        return [e for e in found.get("items") or []
+                if (e.get("involvedObject") or {}).get("name") == name]
+
     def create(self, body: Manifest) -> Manifest:
         """Create ``body``; if another writer created it first, the stored object."""
         meta = body["metadata"]
@@ -144,6 +152,9 @@ class Session:
     def list(self, api_version: str, kind: str, namespace: str | None,
              labels: dict[str, str]) -> list[Manifest]:
         return self.kube.list(api_version, kind, namespace, labels)
+
+    def events_for(self, namespace: str | None, name: str) -> Manifests:
+        return self.kube.events_for(namespace, name)
 
     def ensure(self, body: Manifest) -> Manifest:
         meta = body["metadata"]

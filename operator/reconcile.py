@@ -98,7 +98,10 @@ def _effective_job(kube: Session, body: Manifest, job: RLAIFJob) -> tuple[RLAIFJ
 def _batch_job(kube: Session, ns: str | None, name: str) -> WorkloadState | None:
     found = kube.get("batch/v1", "Job", ns, name)
     pods = kube.list("v1", "Pod", ns, {JOB_NAME_LABEL: name}) if found else []
-    return summarize_job(found, pods)
+    # No pods of a Job that should have some: ask its Events why (quota, admission).
+    starved = found is not None and not pods and not (found.get("spec") or {}).get("suspend") \
+        and not (found.get("status") or {}).get("conditions")
+    return summarize_job(found, pods, kube.events_for(ns, name) if starved else None)
 
 
 def _reward_states(kube: Session, job: RLAIFJob) -> list[RewardState]:

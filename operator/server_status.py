@@ -10,7 +10,12 @@ from rlaif import constants as c
 from rlaif.api.models import RewardServer
 from rlaif.operator import conditions as cond
 from rlaif.operator.server_builders import endpoint, selector_string
-from rlaif.operator.workloads import Manifest, deployment_ready, first_problem
+from rlaif.operator.workloads import (
+    Manifest,
+    deployment_problem,
+    deployment_ready,
+    first_problem,
+)
 
 
 def server_status(server: RewardServer, deployment: Manifest | None, pods: list[Manifest],
@@ -19,7 +24,7 @@ def server_status(server: RewardServer, deployment: Manifest | None, pods: list[
     """status of a RewardServer; ``wanted`` is the replica count in force (0 when suspended)."""
     replicas, ready = deployment_ready(deployment)
     wanted = server.spec.replicas if wanted is None else wanted
-    problem = first_problem(pods)
+    problem = first_problem(pods) or deployment_problem(deployment)
     if wanted == 0:
         ok, reason, message = False, "ScaledToZero", "replicas is 0"
     elif ready >= 1:

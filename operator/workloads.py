@@ -76,6 +76,27 @@ def first_problem(pods: list[Manifest]) -> Problem | None:
     return next((p for pod in pods if (p := pod_problem(pod)) is not None), None)
 
 
+def creation_problem(events: list[Manifest]) -> Problem | None:
+    """Why a controller could not create pods at all (quota, admission, PSS), from the newest
+    FailedCreate Event it posted; pods that were never created have no status to read."""
+    failed = [e for e in events if e.get("reason") == "FailedCreate"]
+    if not failed:
+        return None
+    newest = max(failed, key=lambda e: e.get("lastTimestamp") or e.get("eventTime") or "")
+    return Problem("FailedCreate", newest.get("message") or "pods could not be created")
+
+
+def deployment_problem(deployment: Manifest | None) -> Problem | None:
+    """A Deployment's own failure conditions (quota via ReplicaFailure, stuck rollouts)."""
+    for cond in ((deployment or {}).get("status") or {}).get("conditions") or []:
+        if cond.get("type") == "ReplicaFailure" and cond.get("status") == "True":
+            return Problem(cond.get("reason") or "FailedCreate", cond.get("message") or "")
+        if (cond.get("type") == "Progressing" and cond.get("status") == "False"
+                and cond.get("reason") == "ProgressDeadlineExceeded"):
+            return Problem("ProgressDeadlineExceeded", cond.get("message") or "")
+    return None
+
+
 def _job_condition(job: Manifest, type_: str) -> Manifest | None:
     for cond in (job.get("status") or {}).get("conditions") or []:
         if cond.get("type") == type_ and cond.get("status") == "True":
@@ -83,13 +104,15 @@ def _job_condition(job: Manifest, type_: str) -> Manifest | None:
     return None
 
 
-def summarize_job(job: Manifest | None, pods: list[Manifest]) -> WorkloadState | None:
-    """A batch Job and its pods; failure reasons come from the pods when they tell more."""
+def summarize_job(job: Manifest | None, pods: list[Manifest],
+                  events: list[Manifest] | None = None) -> WorkloadState | None:
+    """A batch Job, its pods and its Events; failure reasons come from the pods when they
+    tell more, or from the Events when no pod could be created."""
     if job is None:
         return None
     status = job.get("status") or {}
     created = parse_time((job.get("metadata") or {}).get("creationTimestamp"))
-    problem = first_problem(pods)
+    problem = first_problem(pods) or (None if pods else creation_problem(events or []))
     base: dict[str, Any] = {"active": status.get("active") or 0,
                             "ready": status.get("ready") or 0, "problem": problem,
                             "created": created}

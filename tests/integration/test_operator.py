@@ -279,6 +279,24 @@ def test_unschedulable_trainers_surface_in_status(cluster: EmulatedCluster, kube
     assert "Insufficient nvidia.com/gpu" in condition(st, c.COND_READY)["message"]
 
 
+def test_quota_errors_surface_in_status(cluster: EmulatedCluster, kube: Kube) -> None:
+    ns = "quota"
+    apply(cluster, ns, "quickstart-cpu.yaml")
+    make_servers_ready(kube, ns, QUICKSTART_SERVERS)
+    wait_for(lambda: kube.get("batch/v1", "Job", ns, "quickstart-trainer-0"), what="trainer")
+    # What the Job controller posts when a ResourceQuota refuses the pods.
+    kube.ensure({"apiVersion": "v1", "kind": "Event", "metadata": {
+        "name": "quickstart-trainer-0.quota", "namespace": ns},
+        "involvedObject": {"kind": "Job", "name": "quickstart-trainer-0", "namespace": ns},
+        "reason": "FailedCreate", "type": "Warning",
+        "message": 'Error creating: pods "quickstart-trainer-0-0" is forbidden: exceeded quota:'
+                   " gpu, requested: requests.nvidia.com/gpu=1, limited: "
+                   "requests.nvidia.com/gpu=0"})
+    ready = wait_for(lambda: (r := condition(status(kube, ns, "quickstart"), c.COND_READY))
+                     .get("reason") == "FailedCreate" and r, what="FailedCreate")
+    assert "exceeded quota" in ready["message"]
+
+
 def test_scaling_a_reward_server_updates_its_deployment(cluster: EmulatedCluster,
                                                         kube: Kube) -> None:
     ns = "scaling"

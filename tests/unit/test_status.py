@@ -312,3 +312,27 @@ def test_finished_jobs_expire_after_their_ttl() -> None:
     running = {**body, "status": {**body["status"], "phase": "Running"}}
     assert not expired(running, T0 + timedelta(days=1))
     assert not expired({**body, "spec": {"runPolicy": {}}}, T0 + timedelta(days=1))
+
+
+def test_pods_that_could_not_be_created_report_the_controllers_event() -> None:
+    job = {"metadata": {"creationTimestamp": "2026-01-01T00:00:00Z"}, "status": {}}
+    events = [
+        {"reason": "SuccessfulCreate", "message": "Created pod: x",
+         "lastTimestamp": "2026-01-01T00:00:03Z"},
+        {"reason": "FailedCreate", "message": "pods \"x\" is forbidden: exceeded quota: gpu, "
+         "requested: requests.nvidia.com/gpu=8, limited: requests.nvidia.com/gpu=4",
+         "lastTimestamp": "2026-01-01T00:00:02Z"}]
+    state = summarize_job(job, [], events)
+    assert state is not None and state.problem is not None
+    assert state.problem.reason == "FailedCreate" and "exceeded quota" in state.problem.message
+    p = plan({"phase": "Starting"}, obs(trainer=state), LIMITS, T0 + timedelta(seconds=5))
+    assert cond(p, c.COND_READY)["reason"] == "FailedCreate"
+
+
+def test_reward_server_reports_its_deployments_quota_failure() -> None:
+    dep = {"status": {"replicas": 0, "conditions": [{
+        "type": "ReplicaFailure", "status": "True", "reason": "FailedCreate",
+        "message": "pods \"dnsmos-1\" is forbidden: exceeded quota: cpu"}]}}
+    st = server_status(_server(), dep, [], {}, T0)
+    assert cond(st, c.COND_READY)["reason"] == "FailedCreate"
+    assert "exceeded quota" in problem_of(st)

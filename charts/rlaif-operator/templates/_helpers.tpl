@@ -56,7 +56,8 @@ own the children it builds, read pods (failure reasons, rank 0's address) and po
   verbs: [get, list, watch]
 - apiGroups: [""]
   resources: [events]
-  verbs: [create, patch]
+  # list: why a Job could not create its pods (FailedCreate, e.g. quota).
+  verbs: [create, patch, list]
 - apiGroups: [events.k8s.io]
   resources: [events]
   verbs: [create, patch]
