@@ -179,7 +179,7 @@ def _ready(url: str) -> bool:
 
 def write_trainer_config(job: RLAIFJob, job_path: Path, out: Path,
                          endpoints: list[RewardEndpoint]) -> Path:
-    from rlaif.trainer.files import atomic_write_text
+    from rlaif.files import atomic_write_text
 
     config = TrainerConfig(job_name=job.metadata.name, namespace=job.metadata.namespace,
                            spec=job.spec, rewards=endpoints, output_dir=str(out),

@@ -12,7 +12,7 @@ import soundfile as sf
 
 from rlaif.audio import resample
 from rlaif.constants import SAMPLE_RATE
-from rlaif.trainer.files import atomic_write_bytes
+from rlaif.files import atomic_write_bytes
 
 
 class SpeechSynthesisError(RuntimeError):

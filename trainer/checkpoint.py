@@ -27,9 +27,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from rlaif.files import fsync_dir, fsync_tree
 from rlaif.trainer.algorithm import Algorithm
 from rlaif.trainer.distributed import DistContext, all_gather_objects, barrier
-from rlaif.trainer.files import fsync_dir, fsync_tree
 
 log = logging.getLogger(__name__)
 

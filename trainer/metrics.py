@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from rlaif.trainer.files import atomic_write_text, fsync_dir
+from rlaif.files import atomic_write_text, fsync_dir
 
 Record = dict[str, Any]
 

@@ -107,10 +107,11 @@ class LabelSchema(Model):
         """Labels from an LLM's answer (schema spelling) and what was wrong with the rest.
 
         The first JSON object in ``answer`` is used (models wrap it in prose or code fences);
-        without one, "Name: value" lines (RLAIF-SPA's "1. Structure: X" form) are read.
+        an answer with no JSON at all may use "Name: value" lines (RLAIF-SPA's "1. Structure:
+        X" form); broken JSON is reported as such, not read as lines.
         Off-list values are reported, never mapped to a nearby value.
         """
-        obj = first_json_object(answer) or answer_lines(answer)
+        obj = first_json_object(answer) or ({} if "{" in answer else answer_lines(answer))
         if not obj:
             return {}, [f"no JSON object (or 'Name: value' lines) in the answer: "
                         f"{answer[:80]!r}"]

@@ -16,6 +16,7 @@ from typing import Any
 
 from rlaif.api.labels import LabelSchema
 from rlaif.data import PromptFileError, parse_prompt_line
+from rlaif.files import fsync_dir
 from rlaif.labeling.sentences import sentence_key
 
 log = logging.getLogger(__name__)
@@ -82,7 +83,7 @@ class PromptsWriter:
             self.done = {sentence_key(r["text"]) for r in read_records(path, schema)}
         self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         if not existed:
-            _fsync_dir(path.parent)
+            fsync_dir(path.parent)
 
     def append(self, record: dict[str, Any]) -> None:
         """One whole line, then fsync: once this returns, a crash cannot lose the record."""
@@ -100,12 +101,3 @@ class PromptsWriter:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def _fsync_dir(directory: Path) -> None:
-    """Make a new file's directory entry durable, so a crash cannot lose the whole file."""
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

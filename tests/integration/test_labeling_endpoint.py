@@ -195,7 +195,9 @@ def test_off_list_and_malformed_answers_are_retried_then_recorded_unlabelled(
     assert records[off_list]["error"] == (
         "invalid answer (3 attempts): emotion: 'Happy' is not an allowed value")
     assert records[malformed]["labels"] is None
-    assert "no JSON object in the answer" in records[malformed]["error"]
+    # Read as RLAIF-SPA's "Name: value" form, whose one comma-joined line is off-list.
+    assert ("structure: 'Statement, Emotion: Neutral' is not an allowed value"
+            in records[malformed]["error"])
     assert {p.text for p in load_prompts(out)} == {fixed, "Good one."}
 
 

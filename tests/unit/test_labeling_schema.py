@@ -61,3 +61,13 @@ def test_schema_from_file_errors_name_file_and_field(tmp_path: Path) -> None:
         LabelSchema.from_file(path)
     with pytest.raises(ValueError, match="cannot read label schema"):
         LabelSchema.from_file(tmp_path / "missing.yaml")
+
+
+def test_parse_answer_reads_the_papers_numbered_lines_but_not_broken_json() -> None:
+    labels, errors = SCHEMA.parse_answer(
+        "1. Structure: Question\n2. Emotion: Neutral\n3. Speech Speed: Slow\n"
+        "4. Tone: Interrogative")
+    assert errors == [] and labels == {"structure": "Question", "emotion": "Neutral",
+                                       "speechRate": "Slow", "intonation": "Interrogative"}
+    labels, errors = SCHEMA.parse_answer('{"structure": "Question", "emotion": "Neutral"')
+    assert labels == {} and errors[0].startswith("no JSON object")

@@ -15,10 +15,7 @@ exclamation). Rates are percentages of espeak-ng's 175 words per minute.
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from xml.sax.saxutils import escape
@@ -29,8 +26,8 @@ import torch
 from rlaif.api.labels import DIMENSIONS, LabelSchema
 from rlaif.api.models import LoraSpec
 from rlaif.data import Prompt
+from rlaif.files import build_once
 from rlaif.trainer.audio import espeak_ssml
-from rlaif.trainer.files import fsync_tree
 from rlaif.trainer.policies.base import SpeechLMPolicy
 
 VOCAB_FILE = "prosody_vocab.json"
@@ -163,25 +160,6 @@ def write_model_dir(out: Path, seed: int = BUILTIN_SEED) -> None:
     (out / VOCAB_FILE).write_text(json.dumps({"tokens": tokens}))
 
 
-def cache_root() -> Path:
-    """$RLAIF_CACHE, else ~/.cache/rlaif: where built-in models are created once."""
-    return Path(os.environ.get("RLAIF_CACHE") or Path.home() / ".cache" / "rlaif")
-
-
 def builtin_model_dir() -> Path:
-    """``builtin:prosody-lm``: created once, atomically (temp dir + rename), then reused."""
-    final = cache_root() / BUILTIN_NAME
-    if (final / VOCAB_FILE).is_file():
-        return final
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{BUILTIN_NAME}-", dir=final.parent))
-    try:
-        write_model_dir(tmp)
-        fsync_tree(tmp)
-        os.rename(tmp, final)
-    except OSError:
-        if not (final / VOCAB_FILE).is_file():  # not a lost race with another process
-            raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return final
+    """``builtin:prosody-lm``: created once with a fixed seed, then reused."""
+    return build_once(BUILTIN_NAME, VOCAB_FILE, write_model_dir)

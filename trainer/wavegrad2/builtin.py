@@ -8,15 +8,12 @@ the same pairs.
 
 from __future__ import annotations
 
-import os
 import shutil
-import tempfile
 from pathlib import Path
 
 from rlaif import modelref
 from rlaif.config import TrainerConfig
-from rlaif.trainer.files import fsync_tree
-from rlaif.trainer.policies.prosody_lm import cache_root
+from rlaif.files import build_once
 from rlaif.trainer.wavegrad2 import config as presets
 from rlaif.trainer.wavegrad2.corpus import METADATA, WAVS, write_espeak_corpus
 from rlaif.trainer.wavegrad2.modeldir import WEIGHTS_FILE
@@ -45,21 +42,7 @@ def make_tiny_model(out: Path, steps: int = STEPS, seed: int = 0) -> list[float]
 
 def builtin_model_dir() -> Path:
     """Created on first use (about a minute on two cores), then reused."""
-    final = cache_root() / BUILTIN_NAME
-    if (final / WEIGHTS_FILE).is_file():
-        return final
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{BUILTIN_NAME}-", dir=final.parent))
-    try:
-        make_tiny_model(tmp / "model")
-        fsync_tree(tmp / "model")
-        os.rename(tmp / "model", final)
-    except OSError:
-        if not (final / WEIGHTS_FILE).is_file():  # not a lost race with another process
-            raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return final
+    return build_once(BUILTIN_NAME, WEIGHTS_FILE, make_tiny_model)
 
 
 def ground_truth_dir(config: TrainerConfig, ref: str) -> Path:

@@ -7,27 +7,18 @@ crash never leaves a half-written model where a trainer will look for one.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import tempfile
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
+from rlaif.files import replace_dir
 from rlaif.trainer.wavegrad2.config import WaveGrad2Config
 from rlaif.trainer.wavegrad2.model import WaveGrad2
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def save_model(model: WaveGrad2, out: Path,
@@ -40,18 +31,7 @@ def save_model(model: WaveGrad2, out: Path,
                for k, v in (state if state is not None else model.state_dict()).items()}
     (tmp / CONFIG_FILE).write_text(model.config.to_json())
     save_file(tensors, str(tmp / WEIGHTS_FILE))
-    for name in (CONFIG_FILE, WEIGHTS_FILE):
-        _fsync(tmp / name)
-    _fsync(tmp)
-    old = None
-    if out.exists():
-        old = out.with_name(f".{out.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        out.rename(old)
-    tmp.rename(out)
-    _fsync(out.parent)
-    if old is not None:
-        shutil.rmtree(old)
+    replace_dir(tmp, out)
     return out
 
 
