@@ -14,7 +14,7 @@ import json
 import logging
 import random
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -141,6 +141,20 @@ class RewardClient:
 
     def score(self, items: Sequence[ScoreItem]) -> RewardScores:
         return self.submit(items).result()
+
+    def set_weights(self, weights: Mapping[str, float]) -> None:
+        """Change reward weights between steps (the operator applies spec edits live)."""
+        known = {ep.name for ep in self.endpoints}
+        if unknown := sorted(set(weights) - known):
+            raise ValueError(f"unknown reward(s) {unknown}; known: {sorted(known)}")
+        if bad := sorted(name for name, w in weights.items() if not w > 0):
+            raise ValueError(f"reward weights must be greater than 0: {bad}")
+        self.endpoints = [ep.model_copy(update={"weight": float(weights.get(ep.name, ep.weight))})
+                          for ep in self.endpoints]
+
+    @property
+    def weights(self) -> dict[str, float]:
+        return {ep.name: ep.weight for ep in self.endpoints}
 
     def close(self) -> None:
         if self._closed:

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from rlaif.constants import CHECKPOINT_STEP_DIR
 from rlaif.files import fsync_dir, fsync_tree
 from rlaif.trainer.algorithm import Algorithm
 from rlaif.trainer.distributed import DistContext, all_gather_objects, barrier
@@ -38,7 +39,7 @@ META = "meta.json"
 
 
 def step_dir_name(step: int) -> str:
-    return f"step-{step:08d}"
+    return CHECKPOINT_STEP_DIR.format(step=step)
 
 
 def rng_state() -> dict[str, Any]:

@@ -159,11 +159,40 @@ def reduce_record(local: dict[str, float], rewards: np.ndarray) -> Record:
     return record
 
 
+class WeightWatcher:
+    """Reward weights edited in the config file (a ConfigMap the operator updates when the
+    job's weights change) apply from the next step. Rank 0 reads; every rank uses its view."""
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+        self.seen = self._mtime()
+
+    def _mtime(self) -> int | None:
+        try:
+            return self.path.stat().st_mtime_ns if self.path else None
+        except OSError:
+            return None
+
+    def changed(self) -> dict[str, float] | None:
+        """The new weights when the file changed since the last call (a collective)."""
+        weights = None
+        mtime = self._mtime()
+        if self.path is not None and mtime != self.seen:
+            self.seen = mtime
+            try:
+                weights = {r.name: r.weight for r in TrainerConfig.load(self.path).rewards}
+            except (OSError, ValueError) as exc:  # a half-updated file: try next step
+                log.warning("cannot re-read %s for reward weights: %s", self.path, exc)
+                self.seen = None
+        return all_gather_objects(weights)[0]
+
+
 class TrainingLoop:
     def __init__(self, config: TrainerConfig, ctx: DistContext, algorithm: Algorithm,
                  client: RewardClient, *, overlap: bool = True,
-                 stop: StopRequest | None = None) -> None:
+                 stop: StopRequest | None = None, config_path: Path | None = None) -> None:
         self.config, self.ctx, self.algorithm, self.client = config, ctx, algorithm, client
+        self.weights = WeightWatcher(config_path)
         self.spec = config.spec
         self.overlap = overlap
         self.out = Path(config.output_dir)
@@ -229,6 +258,9 @@ class TrainingLoop:
 
     def step(self, step: int) -> Record:
         t0 = time.perf_counter()
+        if (weights := self.weights.changed()) is not None:
+            log.info("step %d: reward weights changed to %s", step, weights)
+            self.client.set_weights(weights)
         prompts = self.sampler.batch(step)
         collector = RewardCollector(self.client, prompts, self.group_size, step,
                                     self.ctx.rank, self.overlap)

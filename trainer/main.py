@@ -78,7 +78,8 @@ def set_cpu_threads() -> None:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // local))
 
 
-def run_rank(config: TrainerConfig, *, overlap: bool = True) -> int:
+def run_rank(config: TrainerConfig, *, overlap: bool = True,
+             config_path: Path | None = None) -> int:
     """Train as one rank of the job (joining the process group the launcher set up)."""
     from rlaif.reward_client import RewardClient, RewardUnavailable
     from rlaif.trainer.distributed import init_distributed
@@ -100,7 +101,8 @@ def run_rank(config: TrainerConfig, *, overlap: bool = True) -> int:
     stop.install_signal_handlers()
     client = RewardClient(config.rewards)
     try:
-        return TrainingLoop(config, ctx, algorithm, client, overlap=overlap, stop=stop).run()
+        return TrainingLoop(config, ctx, algorithm, client, overlap=overlap, stop=stop,
+                            config_path=config_path).run()
     except RewardUnavailable as exc:
         log.error("training failed: %s", exc)
         return EXIT_FAILED
@@ -126,7 +128,7 @@ def train_command(args: argparse.Namespace) -> int:
                      " ".join(argv))
             os.execv(argv[0], argv)
     try:
-        return run_rank(config)
+        return run_rank(config, config_path=path)
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 2

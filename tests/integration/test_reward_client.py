@@ -58,6 +58,21 @@ def test_weighted_total_from_servers_queried_in_parallel(servers, speech) -> Non
     assert scores.details["a"][0]["syllablesPerSecond"] > 0
 
 
+def test_weights_changed_between_steps_apply_to_the_next_total(servers, speech) -> None:
+    endpoints = [RewardEndpoint(name="a", url=servers[0].url, weight=0.3),
+                 RewardEndpoint(name="b", url=servers[1].url, weight=0.7)]
+    with RewardClient(endpoints) as client:
+        client.set_weights({"b": 2.0})
+        scores = client.score(items(speech, 2))
+        assert client.weights == {"a": 0.3, "b": 2.0}
+        with pytest.raises(ValueError, match="unknown reward"):
+            client.set_weights({"c": 1.0})
+        with pytest.raises(ValueError, match="greater than 0"):
+            client.set_weights({"a": 0.0})
+    a, b = scores.per_reward["a"], scores.per_reward["b"]
+    np.testing.assert_allclose(scores.total, 0.3 * a + 2.0 * b)
+
+
 def test_submit_overlaps_and_concat_matches_one_call(servers, speech) -> None:
     endpoint = [RewardEndpoint(name="a", url=servers[0].url, weight=1.0)]
     batch = items(speech, 4)

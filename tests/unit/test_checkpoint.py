@@ -107,3 +107,29 @@ def test_prompt_sampler_is_a_pure_function_of_the_step() -> None:
     fresh = PromptSampler(prompts, 2, DistContext(1, 2, 1, torch.device("cpu")), 3, True)
     assert [p.text for p in fresh.batch(7)] == [p.text for p in ranks[1].batch(7)]
     assert ranks[0].position(5) == 20
+
+
+def test_weight_watcher_reports_edited_weights_once(tmp_path: Path) -> None:
+    import os
+
+    import yaml
+
+    from rlaif.api.validation import load_job
+    from rlaif.config import RewardEndpoint, TrainerConfig
+    from rlaif.trainer.loop import WeightWatcher
+    from tests.conftest import EXAMPLES
+
+    spec = load_job(EXAMPLES / "quickstart-cpu.yaml").spec
+    config = TrainerConfig(job_name="q", spec=spec, output_dir=str(tmp_path), rewards=[
+        RewardEndpoint(name=r.name, url="http://x:1", weight=r.weight) for r in spec.rewards])
+    path = tmp_path / "trainer.yaml"
+    path.write_text(config.dump())
+    watcher = WeightWatcher(path)
+    assert watcher.changed() is None
+    data = yaml.safe_load(path.read_text())
+    data["rewards"][0]["weight"] = 0.9
+    path.write_text(yaml.safe_dump(data))
+    os.utime(path, ns=(1, 10**18))  # a distinct mtime even on coarse clocks
+    assert watcher.changed() == {"intelligibility": 0.9, "alignment": 0.5, "naturalness": 0.2}
+    assert watcher.changed() is None
+    assert WeightWatcher(None).changed() is None
