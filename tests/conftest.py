@@ -18,3 +18,14 @@ os.environ["PATH"] = os.pathsep.join(
 @pytest.fixture
 def repo() -> Path:
     return REPO
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny convolutions: intra-op threads only spin on a busy 2-core machine."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -26,13 +26,7 @@ from rlaif.trainer.wavegrad2.pretrain import config_for
 PROMPTS = [Prompt("Open the door.", {})]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny convolutions: intra-op threads only spin on a busy 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

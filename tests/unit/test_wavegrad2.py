@@ -24,13 +24,7 @@ TEXTS = ["The cat sat on the mat.", "Open the door, please.", "We will meet agai
          "She sells sea shells."]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny convolutions: intra-op threads only spin on a busy 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
