@@ -42,6 +42,7 @@ class GRPOAlgorithm:
     def __init__(self, config: TrainerConfig, policy: SpeechLMPolicy, dtype: torch.dtype):
         spec = config.spec
         self.grpo = spec.grpo
+        self.save_merged = spec.checkpoint.save_merged
         self.policy = policy
         self.group_size = spec.grpo.group_size
         self.loss_cfg = GRPOLossConfig(
@@ -150,6 +151,8 @@ class GRPOAlgorithm:
         with deepspeed.zero.GatheredParameters(params, enabled=self.zero_stage == 3):
             if not dist.is_initialized() or dist.get_rank() == 0:
                 self.policy.save_pretrained(out)
+                if self.save_merged:
+                    self.policy.save_merged(out.with_name("merged"))
 
 
 def build_algorithm(config: TrainerConfig, rank: int, world_size: int) -> GRPOAlgorithm:

@@ -189,6 +189,9 @@ class CheckpointSpec(Model):
 
     every_steps: int = Field(50, ge=1, description="Steps between checkpoints.")
     keep: int = Field(3, ge=1, description="Newest checkpoints kept.")
+    save_merged: bool = Field(False, description="At the end, also save the LoRA adapters "
+                                                 "merged into the base model (output/merged), "
+                                                 "loadable without peft.")
 
 
 class RunPolicy(Model):

@@ -37,4 +37,5 @@ def test_quickstart_raises_the_reward(tmp_path: Path) -> None:
     assert (out / "reward_curve.png").stat().st_size > 10_000
     assert len(list((out / "samples" / "step-000024").glob("*.wav"))) == 8
     assert (out / "adapter" / "adapter_model.safetensors").exists()
+    assert (out / "merged" / "model.safetensors").exists()  # checkpoint.saveMerged
     assert "step 24/24" in proc.stdout and "done: reward" in proc.stdout

@@ -189,3 +189,26 @@ def test_saved_adapter_reloads_onto_the_base_model(tmp_path: Path) -> None:
         assert torch.allclose(reloaded(input_ids=ids).logits, expected, atol=1e-5)
         with reloaded.disable_adapter():
             assert not torch.allclose(reloaded(input_ids=ids).logits, expected, atol=1e-3)
+
+
+def test_merged_model_loads_without_peft_and_matches_the_adapted_policy(tmp_path: Path) -> None:
+    from transformers import AutoModelForCausalLM
+
+    write_model_dir(tmp_path / "base")
+    lora = LoraSpec(r=4, alpha=8, dropout=0.0, target_modules=["q_proj", "lm_head"])
+    policy = ProsodyLM(tmp_path / "base", "lora", lora, CPU, torch.float32)
+    with torch.no_grad():
+        for name, p in policy.model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(std=0.5)  # stands in for training: adapters away from zero
+    ids = policy.encode_prompt(PROMPT).unsqueeze(0)
+    with torch.no_grad():
+        expected = policy.model.eval()(input_ids=ids).logits
+    policy.save_merged(tmp_path / "merged")
+    assert (tmp_path / "merged" / "prosody_vocab.json").exists()
+    assert not (tmp_path / "merged" / "adapter_config.json").exists()
+    merged = AutoModelForCausalLM.from_pretrained(str(tmp_path / "merged")).eval()
+    base = AutoModelForCausalLM.from_pretrained(str(tmp_path / "base")).eval()
+    with torch.no_grad():
+        assert torch.allclose(merged(input_ids=ids).logits, expected, atol=1e-4)
+        assert not torch.allclose(base(input_ids=ids).logits, expected, atol=1e-3)

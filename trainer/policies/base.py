@@ -188,3 +188,10 @@ class SpeechLMPolicy(ABC):
             self.model.save_pretrained(str(out), save_embedding_layers=False)  # type: ignore[operator]
         else:
             self.model.save_pretrained(str(out))  # type: ignore[operator]
+
+    def save_merged(self, out: Path) -> None:
+        """The adapters folded into the base weights: a plain transformers model directory.
+
+        Merging changes the network in place, so this is the last thing a run does."""
+        model = self.model.merge_and_unload() if self.finetune == "lora" else self.model
+        model.save_pretrained(str(out))  # type: ignore[operator]

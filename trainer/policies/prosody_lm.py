@@ -141,6 +141,10 @@ class ProsodyLM(SpeechLMPolicy):
         super().save_pretrained(out)
         (out / VOCAB_FILE).write_text(json.dumps({"tokens": self.tokens}))
 
+    def save_merged(self, out: Path) -> None:
+        super().save_merged(out)
+        (out / VOCAB_FILE).write_text(json.dumps({"tokens": self.tokens}))
+
 
 def write_model_dir(out: Path, seed: int = BUILTIN_SEED) -> None:
     """A tiny randomly initialised Llama over the prosody vocabulary, deterministically seeded."""
