@@ -316,7 +316,7 @@ class TrainingLoop:
         # first vs last epoch: the same prompts, so the change is the policy's, not the data's
         window = max(1, min(self.sampler.steps_per_epoch, len(records) // 3))
         write_summary(self.out / "summary.json", summarize(records, window))
-        plot_rewards(records, self.out / "reward_curve.png")
+        plot_rewards(records, self.out / "reward_curve.png", window)
 
 
 def seed_everything(seed: int) -> None:

@@ -13,6 +13,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from rlaif.files import atomic_write_text, fsync_dir
 
 Record = dict[str, Any]
@@ -135,8 +137,10 @@ def write_summary(path: Path, summary: Record) -> None:
     atomic_write_text(path, json.dumps(summary, indent=1))
 
 
-def plot_rewards(records: Iterable[Record], path: Path) -> None:
-    """The reward curve: total and each reward's mean per step."""
+def plot_rewards(records: Iterable[Record], path: Path, window: int = 1) -> None:
+    """The reward curve: total and each reward's mean per step, plus the total's moving mean
+    over ``window`` steps (one epoch of prompts: steps see different prompts, so single
+    steps are noisy)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -145,7 +149,11 @@ def plot_rewards(records: Iterable[Record], path: Path) -> None:
     records = list(records)
     steps = [r["step"] for r in records]
     fig, ax = plt.subplots(figsize=(7, 4))
-    ax.plot(steps, [r.get("reward_mean", math.nan) for r in records], lw=2, label="total")
+    totals = [r.get("reward_mean", math.nan) for r in records]
+    ax.plot(steps, totals, lw=2, label="total")
+    if window > 1 and len(records) >= window:
+        moving = np.convolve(totals, np.ones(window) / window, mode="valid")
+        ax.plot(steps[window - 1:], moving, "k--", lw=2, label=f"total, mean of {window} steps")
     for key in sorted({k for r in records for k in r if k.startswith("reward/")}):
         ax.plot(steps, [r.get(key, math.nan) for r in records], lw=1, alpha=0.8,
                 label=key.split("/", 1)[1])

@@ -94,7 +94,7 @@ def test_summary_and_curve(tmp_path: Path) -> None:
     assert summary["reward_last"] == pytest.approx(0.9)  # steps 8-10
     assert summary["by_reward"]["asr"]["first"] == pytest.approx(0.8)
     assert summary["time_breakdown"]["generate"] == pytest.approx(10.0)
-    plot_rewards(records, tmp_path / "curve.png")
+    plot_rewards(records, tmp_path / "curve.png", window=3)
     assert (tmp_path / "curve.png").read_bytes()[:4] == b"\x89PNG"
 
 
