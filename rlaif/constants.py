@@ -31,7 +31,6 @@ PART_OF = "rlaif-operator"
 REWARD_PORT = 8080
 METRICS_PORT = 9090
 RENDEZVOUS_PORT = 29500
-OPERATOR_HEALTH_PORT = 8081
 
 # Paths inside trainer and reward pods.
 CONFIG_DIR = "/etc/rlaif"
@@ -46,7 +45,6 @@ SCRATCH_DIR = "/tmp"
 IMAGE_REPOSITORY = "ghcr.io/rlaif-operator/rlaif"
 TRAINER_IMAGE = f"{IMAGE_REPOSITORY}:{__version__}-trainer"
 REWARD_IMAGE = f"{IMAGE_REPOSITORY}:{__version__}-reward"
-OPERATOR_IMAGE = f"{IMAGE_REPOSITORY}:{__version__}-operator"
 
 # Audio on the wire between trainer and reward servers.
 SAMPLE_RATE = 16000

@@ -76,16 +76,6 @@ def skip_shared_memory_op() -> None:
     deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
 
 
-def all_mean(values: dict[str, float]) -> dict[str, float]:
-    """Mean of each value over ranks (every rank must pass the same keys)."""
-    if not dist.is_initialized() or dist.get_world_size() == 1:
-        return dict(values)
-    keys = sorted(values)
-    t = torch.tensor([values[k] for k in keys], dtype=torch.float64, device=_device())
-    dist.all_reduce(t)
-    return {k: float(v) / dist.get_world_size() for k, v in zip(keys, t.tolist(), strict=True)}
-
-
 def all_any(flag: bool) -> bool:
     """True on every rank when any rank passes True (to agree on stopping or skipping)."""
     if not dist.is_initialized() or dist.get_world_size() == 1:
@@ -93,16 +83,6 @@ def all_any(flag: bool) -> bool:
     t = torch.tensor([1.0 if flag else 0.0], device=_device())
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return bool(t.item() > 0)
-
-
-def all_gather_array(values: torch.Tensor) -> torch.Tensor:
-    """Concatenate a 1-D float tensor of the same length from every rank, in rank order."""
-    if not dist.is_initialized() or dist.get_world_size() == 1:
-        return values
-    local = values.to(_device()).contiguous()
-    parts = [torch.zeros_like(local) for _ in range(dist.get_world_size())]
-    dist.all_gather(parts, local)
-    return torch.cat(parts).cpu()
 
 
 def all_gather_objects(value: Any) -> list[Any]:

@@ -16,7 +16,3 @@ class Model(BaseModel):
         use_attribute_docstrings=True,
         validate_default=True,
     )
-
-    def wire(self) -> dict:
-        """The object as it appears in a manifest (camelCase, no unset optionals)."""
-        return self.model_dump(by_alias=True, exclude_none=True, mode="json")
