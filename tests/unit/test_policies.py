@@ -168,17 +168,23 @@ def test_codec_lm_rejects_a_tokenizer_without_speech_tokens(tmp_path: Path) -> N
         CodecLM(tmp_path / "lm", tmp_path / "codec4", "lora", LORA, CPU, torch.float32)
 
 
+def trained_prosody_policy(base: Path) -> ProsodyLM:
+    """A prosody-lm with LoRA on q_proj and lm_head whose adapters are away from zero."""
+    write_model_dir(base)
+    lora = LoraSpec(r=4, alpha=8, dropout=0.0, target_modules=["q_proj", "lm_head"])
+    policy = ProsodyLM(base, "lora", lora, CPU, torch.float32)
+    with torch.no_grad():
+        for name, p in policy.model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(std=0.5)  # stands in for training
+    return policy
+
+
 def test_saved_adapter_reloads_onto_the_base_model(tmp_path: Path) -> None:
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    write_model_dir(tmp_path / "base")
-    lora = LoraSpec(r=4, alpha=8, dropout=0.0, target_modules=["q_proj", "lm_head"])
-    policy = ProsodyLM(tmp_path / "base", "lora", lora, CPU, torch.float32)
-    with torch.no_grad():
-        for name, p in policy.model.named_parameters():
-            if "lora_B" in name:
-                p.normal_(std=0.5)  # stands in for training: adapters away from zero
+    policy = trained_prosody_policy(tmp_path / "base")
     policy.save_pretrained(tmp_path / "adapter")
     assert (tmp_path / "adapter" / "prosody_vocab.json").exists()
     base = AutoModelForCausalLM.from_pretrained(str(tmp_path / "base"))
@@ -194,13 +200,7 @@ def test_saved_adapter_reloads_onto_the_base_model(tmp_path: Path) -> None:
 def test_merged_model_loads_without_peft_and_matches_the_adapted_policy(tmp_path: Path) -> None:
     from transformers import AutoModelForCausalLM
 
-    write_model_dir(tmp_path / "base")
-    lora = LoraSpec(r=4, alpha=8, dropout=0.0, target_modules=["q_proj", "lm_head"])
-    policy = ProsodyLM(tmp_path / "base", "lora", lora, CPU, torch.float32)
-    with torch.no_grad():
-        for name, p in policy.model.named_parameters():
-            if "lora_B" in name:
-                p.normal_(std=0.5)  # stands in for training: adapters away from zero
+    policy = trained_prosody_policy(tmp_path / "base")
     ids = policy.encode_prompt(PROMPT).unsqueeze(0)
     with torch.no_grad():
         expected = policy.model.eval()(input_ids=ids).logits

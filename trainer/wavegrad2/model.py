@@ -101,6 +101,14 @@ class FiLM(nn.Module):
         return self.scale(x), self.shift(x)
 
 
+def dilated_convs(channels_in: int, channels_out: int,
+                  dilations: tuple[int, ...]) -> nn.ModuleList:
+    """Kernel-3 convolutions with growing dilation (WaveGrad's receptive field)."""
+    return nn.ModuleList(
+        nn.Conv1d(channels_in if i == 0 else channels_out, channels_out, 3, padding=d,
+                  dilation=d) for i, d in enumerate(dilations))
+
+
 class DBlock(nn.Module):
     """Downsamples the noisy waveform's features by ``factor``."""
 
@@ -108,9 +116,7 @@ class DBlock(nn.Module):
         super().__init__()
         self.factor = factor
         self.residual = nn.Conv1d(channels_in, channels_out, 1)
-        self.convs = nn.ModuleList(
-            nn.Conv1d(channels_in if i == 0 else channels_out, channels_out, 3,
-                      padding=d, dilation=d) for i, d in enumerate((1, 2, 4)))
+        self.convs = dilated_convs(channels_in, channels_out, (1, 2, 4))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = F.avg_pool1d(x, self.factor)
@@ -127,9 +133,7 @@ class UBlock(nn.Module):
         super().__init__()
         self.factor = factor
         self.residual = nn.Conv1d(channels_in, channels_out, 1)
-        self.convs = nn.ModuleList(
-            nn.Conv1d(channels_in if i == 0 else channels_out, channels_out, 3,
-                      padding=d, dilation=d) for i, d in enumerate((1, 2, 4, 8)))
+        self.convs = dilated_convs(channels_in, channels_out, (1, 2, 4, 8))
 
     def forward(self, x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor
                 ) -> torch.Tensor:
