@@ -11,7 +11,7 @@ ARG CUDA_IMAGE=nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04
 # --------------------------------------------------------------------------- wheel
 FROM ${PYTHON_IMAGE} AS wheel
 WORKDIR /src
-COPY pyproject.toml setup.py README.md ./
+COPY pyproject.toml README.md ./
 COPY rlaif rlaif
 COPY operator operator
 COPY trainer trainer

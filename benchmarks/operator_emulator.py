@@ -23,7 +23,7 @@ import uuid
 from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import kmock
 import kubernetes
@@ -98,7 +98,8 @@ class Emulator(kmock.KubernetesEmulator):  # type: ignore[misc]
             if request.namespace and not meta.get("namespace"):
                 meta["namespace"] = request.namespace
         elif (data is not None and request.action == kmock.action.UPDATE
-              and "spec" in data and request.subresource in (None, "scale")):
+              and "spec" in data and request.subresource in (None, "scale")
+              and request.resource is not None and request.name is not None):
             key = (request.resource, request.namespace, request.name)
             if key in self.objects and not (stored := self.objects[key]).deleted:
                 generation = (stored.get("metadata") or {}).get("generation", 1)
@@ -106,20 +107,28 @@ class Emulator(kmock.KubernetesEmulator):  # type: ignore[misc]
         try:
             return await super()._handle(request)
         finally:
-            if request.action == kmock.action.UPDATE and request.resource is not None:
+            if (request.action == kmock.action.UPDATE and request.resource is not None
+                    and request.name is not None):
                 # kmock keeps every version of every object; keep the latest only.
                 key = (request.resource, request.namespace, request.name)
                 if key in self.objects:
                     del self.objects[key].history[:-1]
 
     async def _serve_fetch(self, request: kmock.Request) -> Any:
-        return _scale_view(request, await super()._serve_fetch(request))
+        obj = await super()._serve_fetch(request)
+        assert isinstance(obj, dict)  # kmock serves an object as its raw dict
+        return _scale_view(request, obj)
 
     async def _serve_update(self, request: kmock.Request) -> Any:
-        return _scale_view(request, await super()._serve_update(request))
+        obj = await super()._serve_update(request)
+        assert isinstance(obj, dict)  # kmock serves an object as its raw dict
+        return _scale_view(request, obj)
 
     async def _serve_list(self, request: kmock.Request) -> Any:
-        out = dict(await super()._serve_list(request))
+        listed = await super()._serve_list(request)
+        assert isinstance(listed, dict)  # kmock serves a list as a dict of its items
+        assert request.resource is not None  # kmock lists known resources only (else 404)
+        out = dict(listed)
         info = self.resources[request.resource]
         group, version = request.resource.group, request.resource.version
         out["apiVersion"] = f"{group}/{version}" if group else version
@@ -237,9 +246,10 @@ class EmulatedCluster:
             self.operator = None
 
 
-def wait_for(check: Callable[[], T | None], timeout: float = 30.0, what: str = "condition",
-             interval: float = 0.1) -> T:
-    """Poll ``check`` until it returns something truthy; the error says what never happened."""
+def wait_for(check: Callable[[], T | Literal[False] | None], timeout: float = 30.0,
+             what: str = "condition", interval: float = 0.1) -> T:
+    """Poll ``check`` until it returns something truthy, and return that (a ``cond and value``
+    check gives False until then); the error says what never happened."""
     deadline = time.monotonic() + timeout
     last: Exception | None = None
     while time.monotonic() < deadline:

@@ -67,13 +67,16 @@ def _run(kind: str, namespace: str | None, name: str, uid: str, scrape: bool = F
         if kind == c.JOB_KIND:
             if reconcile.expired(fresh, now):
                 session.delete(c.API_VERSION, kind, namespace, name)
-                kopf.info(fresh, reason="Expired", message="deleted after ttlSecondsAfterFinished")
+                # kopf posts events for raw dicts too; its stubs only name kopf.Body
+                kopf.info(fresh, reason="Expired",  # type: ignore[arg-type]
+                          message="deleted after ttlSecondsAfterFinished")
                 return
             outcome = reconcile.reconcile_job(session, fresh, CFG, now, scrape=scrape)
         else:
             outcome = reconcile.reconcile_server(session, fresh, now)
     for type_, reason, message in outcome.events:
-        kopf.event(fresh, type=type_, reason=reason, message=message)
+        # kopf posts events for raw dicts too; its stubs only name kopf.Body
+        kopf.event(fresh, type=type_, reason=reason, message=message)  # type: ignore[arg-type]
 
 
 def _run_body(kind: str, body: kopf.Body, scrape: bool = False) -> None:

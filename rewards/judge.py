@@ -60,8 +60,9 @@ class LlmJudge:
         self.processor = AutoProcessor.from_pretrained(self.model_dir)
         self.processor.tokenizer.padding_side = "left"  # batched generation
         dtype = torch.bfloat16 if self.device == "cuda" else torch.float32
+        # PreTrainedModel.to is @wraps(nn.Module.to): mypy does not bind its self to the model
         self.model = Qwen2AudioForConditionalGeneration.from_pretrained(
-            self.model_dir, dtype=dtype).to(self.device).eval()
+            self.model_dir, dtype=dtype).to(self.device).eval()  # type: ignore[arg-type]
         conversation = [{"role": "user", "content": [
             {"type": "audio", "audio_url": "sample.wav"},
             {"type": "text", "text": judge_prompt(self.schema)}]}]

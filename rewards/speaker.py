@@ -26,7 +26,8 @@ class SpeakerScorer:
             self.extractor = Wav2Vec2FeatureExtractor(sampling_rate=SAMPLE_RATE,
                                                       do_normalize=True,
                                                       return_attention_mask=True)
-        self.model = WavLMForXVector.from_pretrained(self.model_dir).to(self.device).eval()
+        # PreTrainedModel.to is @wraps(nn.Module.to): mypy does not bind its self to the model
+        self.model = WavLMForXVector.from_pretrained(self.model_dir).to(self.device).eval()  # type: ignore[arg-type]
 
     def warm_up(self) -> None:
         t = np.arange(SAMPLE_RATE) / SAMPLE_RATE

@@ -66,7 +66,7 @@ def cache_root() -> Path:
     return Path(os.environ.get("RLAIF_CACHE") or Path.home() / ".cache" / "rlaif")
 
 
-def build_once(name: str, marker: str, build: Callable[[Path], None]) -> Path:
+def build_once(name: str, marker: str, build: Callable[[Path], object]) -> Path:
     """``cache_root()/name``, built by ``build(folder)`` on first use and reused after.
 
     The folder is built under a temporary name and renamed into place, so a crash never

@@ -15,7 +15,7 @@ fi
 
 [ -x .venv/bin/python ] || python3 -m venv .venv
 stamp=.venv/.installed
-want=$(cat pyproject.toml setup.py | sha256sum | cut -d' ' -f1)
+want=$(sha256sum <pyproject.toml | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     echo "installing Python packages into .venv (first run takes a few minutes)"
     .venv/bin/pip install -q --disable-pip-version-check --upgrade pip setuptools wheel

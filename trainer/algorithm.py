@@ -38,14 +38,8 @@ AudioSink = Callable[[int, np.ndarray], None]
 """Called as soon as sample ``i``'s audio is rendered, so reward scoring overlaps generation."""
 
 
-class Algorithm(Protocol):
-    def rollout(self, prompts: Sequence[Prompt], on_audio: AudioSink | None = None) -> Rollout:
-        """Generate ``group_size`` samples per prompt (calling ``on_audio`` per sample)."""
-        ...
-
-    def update(self, rollout: Rollout, rewards: np.ndarray) -> dict[str, float]:
-        """One optimisation step (or ``innerIterations``) on the rollout; returns metrics."""
-        ...
+class AlgorithmState(Protocol):
+    """The half of an algorithm that checkpoints save and restore."""
 
     def save_state(self, directory: Path) -> None:
         """Write everything needed to resume exactly (adapters/weights, optimizer, scheduler)
@@ -57,6 +51,16 @@ class Algorithm(Protocol):
 
     def load_state(self, directory: Path) -> None:
         """Restore what ``save_state`` wrote (every rank, same world size)."""
+        ...
+
+
+class Algorithm(AlgorithmState, Protocol):
+    def rollout(self, prompts: Sequence[Prompt], on_audio: AudioSink | None = None) -> Rollout:
+        """Generate ``group_size`` samples per prompt (calling ``on_audio`` per sample)."""
+        ...
+
+    def update(self, rollout: Rollout, rewards: np.ndarray) -> dict[str, float]:
+        """One optimisation step (or ``innerIterations``) on the rollout; returns metrics."""
         ...
 
     def save_final(self, out: Path) -> None:

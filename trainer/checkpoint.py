@@ -29,7 +29,7 @@ import torch
 
 from rlaif.constants import CHECKPOINT_STEP_DIR
 from rlaif.files import fsync_dir, fsync_tree
-from rlaif.trainer.algorithm import Algorithm
+from rlaif.trainer.algorithm import AlgorithmState
 from rlaif.trainer.distributed import DistContext, all_gather_objects, barrier
 
 log = logging.getLogger(__name__)
@@ -86,7 +86,7 @@ class Checkpoints:
         found = complete_checkpoints(self.root)
         return found[-1] if found else None
 
-    def save(self, step: int, algorithm: Algorithm, meta: dict[str, Any]) -> Path:
+    def save(self, step: int, algorithm: AlgorithmState, meta: dict[str, Any]) -> Path:
         final = self.root / step_dir_name(step)
         tmp = self.root / f".tmp-{final.name}"
         if self.ctx.is_main:
@@ -113,7 +113,7 @@ class Checkpoints:
         barrier()
         return final
 
-    def load(self, path: Path, algorithm: Algorithm) -> dict[str, Any]:
+    def load(self, path: Path, algorithm: AlgorithmState) -> dict[str, Any]:
         """Restore algorithm state and this rank's RNG; returns meta.json."""
         meta = json.loads((path / META).read_text())
         algorithm.load_state(path)

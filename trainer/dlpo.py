@@ -101,6 +101,12 @@ def reference_distance(eps: torch.Tensor, eps_reference: torch.Tensor) -> torch.
     return (eps - eps_reference).abs().flatten(1).mean(dim=1)
 
 
+def recorded_penalty(chains: Chains) -> torch.Tensor:
+    """KLinR's penalty (G,) recorded while sampling ``chains`` with the reference."""
+    assert chains.reference_penalty is not None, "chains sampled without the reference"
+    return chains.reference_penalty
+
+
 # --------------------------------------------------------------------------- policy set-up
 
 
@@ -182,7 +188,8 @@ class DLPOAlgorithm:
     # ------------------------------------------------------------------ rollout
 
     def rollout(self, prompts: Sequence[Prompt], on_audio: AudioSink | None = None) -> Rollout:
-        groups, audio = [], []
+        groups: list[Chains] = []
+        audio: list[np.ndarray] = []
         reference = self.reference if self.objective == "klinr" else None
         for prompt in prompts:
             ids = symbol_ids(self.net.config, phonemize(prompt.text))
@@ -203,7 +210,7 @@ class DLPOAlgorithm:
     def update(self, rollout: Rollout, rewards: np.ndarray) -> dict[str, float]:
         groups: list[Chains] = rollout.data
         r = torch.as_tensor(rewards, dtype=torch.float32).view(len(groups), self.group_size)
-        penalty = (torch.stack([g.reference_penalty for g in groups]).cpu()
+        penalty = (torch.stack([recorded_penalty(g) for g in groups]).cpu()
                    if self.objective == "klinr" else None)
         advantages = reward_advantages(r, self.dlpo.reward_scale, penalty, self.dlpo.kl_coef)
         stats = {"diffusion_loss": self.measure_diffusion_loss()} if self.ground_truth else {}

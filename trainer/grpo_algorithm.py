@@ -60,7 +60,8 @@ class GRPOAlgorithm:
     # ------------------------------------------------------------------ rollout
 
     def rollout(self, prompts: Sequence[Prompt], on_audio: AudioSink | None = None) -> Rollout:
-        groups, audio, lengths, entropies = [], [], [], []
+        groups, lengths, entropies = [], [], []
+        audio: list[np.ndarray] = []
         for prompt in prompts:
             done = self.policy.sample(prompt, self.group_size, self.grpo.max_new_tokens,
                                       self.grpo.temperature, self.grpo.top_p)

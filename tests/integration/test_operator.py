@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import http.server
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from functools import partial
 from typing import Any
 
 import pytest
@@ -90,6 +91,19 @@ def apply(cluster: EmulatedCluster, ns: str, example: str, edit: Any = None) -> 
     return doc
 
 
+def existing(kube: Kube, api_version: str, kind: str, ns: str, name: str) -> dict[str, Any]:
+    """An object that should be there; KeyError if not (so wait_for tries again)."""
+    found = kube.get(api_version, kind, ns, name)
+    if found is None:
+        raise KeyError(f"{kind} {ns}/{name} not found")
+    return found
+
+
+def has_replicas(kube: Kube, ns: str, name: str, replicas: int) -> Callable[[], bool]:
+    """For wait_for: Deployment ``name`` asks for ``replicas``."""
+    return lambda: existing(kube, "apps/v1", "Deployment", ns, name)["spec"]["replicas"] == replicas
+
+
 def job(kube: Kube, ns: str, name: str) -> dict[str, Any]:
     found = kube.get(*RJ, ns, name)
     assert found is not None, f"RLAIFJob {ns}/{name} is gone"
@@ -112,7 +126,7 @@ def wait_phase(kube: Kube, ns: str, name: str, phase: str, timeout: float = 20) 
 def make_servers_ready(kube: Kube, ns: str, names: list[str]) -> None:
     """Play the Deployment controller: every server's pods are ready."""
     for name in names:
-        dep = wait_for(lambda n=name: kube.get("apps/v1", "Deployment", ns, n), what=name)
+        dep = wait_for(partial(kube.get, "apps/v1", "Deployment", ns, name), what=name)
         n = dep["spec"]["replicas"]
         kube.patch("apps/v1", "Deployment", ns, name,
                    {"status": {"replicas": n, "readyReplicas": n}}, "status")
@@ -145,7 +159,8 @@ def finish_job(kube: Kube, ns: str, job_name: str) -> None:
                "conditions": [{"type": "Complete", "status": "True"}]}}, "status")
 
 
-def owner_uid(obj: dict[str, Any]) -> str:
+def owner_uid(obj: dict[str, Any] | None) -> str:
+    assert obj is not None, "the object is missing"
     (ref,) = obj["metadata"]["ownerReferences"]
     assert ref["controller"] is True and ref["blockOwnerDeletion"] is True
     return ref["uid"]
@@ -189,9 +204,9 @@ def test_job_runs_through_starting_running_restart_succeeded(
     assert {r["url"] for r in config["rewards"]} == {
         f"http://{s}.{ns}.svc:{c.REWARD_PORT}" for s in QUICKSTART_SERVERS}
     for name in QUICKSTART_SERVERS:
-        server = wait_for(lambda n=name: kube.get(*RS, ns, n), what=name)
+        server = wait_for(partial(kube.get, *RS, ns, name), what=name)
         assert owner_uid(server) == uid
-        dep = wait_for(lambda n=name: kube.get("apps/v1", "Deployment", ns, n), what=name)
+        dep = wait_for(partial(kube.get, "apps/v1", "Deployment", ns, name), what=name)
         assert owner_uid(dep) == server["metadata"]["uid"]
         assert owner_uid(kube.get("v1", "Service", ns, name)) == server["metadata"]["uid"]
     policy = kube.get("networking.k8s.io/v1", "NetworkPolicy", ns, "quickstart-rewards")
@@ -305,10 +320,9 @@ def test_scaling_a_reward_server_updates_its_deployment(cluster: EmulatedCluster
     assert dep["spec"]["replicas"] == 2
     wait_for(lambda: kube.get("policy/v1", "PodDisruptionBudget", ns, "dnsmos"), what="PDB")
     cluster.kubectl("scale", "-n", ns, "rewardserver/dnsmos", "--replicas=4")
-    wait_for(lambda: kube.get("apps/v1", "Deployment", ns, "dnsmos")["spec"]["replicas"] == 4,
-             what="Deployment scaled to 4")
+    wait_for(has_replicas(kube, ns, "dnsmos", 4), what="Deployment scaled to 4")
     make_servers_ready(kube, ns, ["dnsmos"])
-    st = wait_for(lambda: (s := kube.get(*RS, ns, "dnsmos").get("status") or {}).get(
+    st = wait_for(lambda: (s := existing(kube, *RS, ns, "dnsmos").get("status") or {}).get(
         "readyReplicas") == 4 and s, what="RewardServer status")
     assert st["selector"] == "app.kubernetes.io/instance=dnsmos," \
                              "app.kubernetes.io/component=reward-server"
@@ -330,18 +344,16 @@ def test_suspend_stops_trainers_and_scales_rewards_to_zero(cluster: EmulatedClus
                     "-p", '{"spec": {"runPolicy": {"suspend": true}}}')
     st = wait_phase(kube, ns, "quickstart", "Suspended")
     assert condition(st, c.COND_SUSPENDED)["status"] == "True"
-    wait_for(lambda: kube.get("batch/v1", "Job", ns, "quickstart-trainer-0")["spec"]["suspend"],
-             what="trainer Job suspended")
+    wait_for(lambda: existing(kube, "batch/v1", "Job", ns, "quickstart-trainer-0")["spec"][
+        "suspend"], what="trainer Job suspended")
     for name in QUICKSTART_SERVERS:
-        wait_for(lambda n=name: kube.get("apps/v1", "Deployment", ns, n)["spec"]["replicas"] == 0,
-                 what=f"{name} scaled to zero")
+        wait_for(has_replicas(kube, ns, name, 0), what=f"{name} scaled to zero")
     cluster.kubectl("patch", "-n", ns, "rlaifjob/quickstart", "--type=merge",
                     "-p", '{"spec": {"runPolicy": {"suspend": false}}}')
-    wait_for(lambda: kube.get("batch/v1", "Job", ns, "quickstart-trainer-0")["spec"][
+    wait_for(lambda: existing(kube, "batch/v1", "Job", ns, "quickstart-trainer-0")["spec"][
         "suspend"] is False, what="trainer Job resumed")
     for name in QUICKSTART_SERVERS:
-        wait_for(lambda n=name: kube.get("apps/v1", "Deployment", ns, n)["spec"]["replicas"] == 1,
-                 what=f"{name} scaled back")
+        wait_for(has_replicas(kube, ns, name, 1), what=f"{name} scaled back")
     st = wait_for(lambda: (s := status(kube, ns, "quickstart")).get("phase") in (
         "Starting", "Running") and s, what="resumed phase")
     assert condition(st, c.COND_SUSPENDED)["status"] == "False"
@@ -387,7 +399,7 @@ def test_immutable_field_change_is_refused_with_a_condition(cluster: EmulatedClu
     ready = wait_for(lambda: (r := condition(status(kube, ns, "quickstart"), c.COND_READY))
                      .get("reason") == "ImmutableFieldChanged" and r, what="refusal")
     assert ready["message"].startswith("spec.policy: cannot be changed")
-    cm = kube.get("v1", "ConfigMap", ns, "quickstart-config")
+    cm = existing(kube, "v1", "ConfigMap", ns, "quickstart-config")
     assert yaml.safe_load(cm["data"][c.CONFIG_FILE])["spec"]["policy"]["model"] == \
         "builtin:prosody-lm", "the running job keeps the model it started with"
 
@@ -441,6 +453,7 @@ def test_every_api_call_the_operator_made_is_granted_by_the_chart(
     from tests.integration.test_helm import allowed, by_kind, template
 
     (role,) = by_kind(template(), "ClusterRole")
+    assert cluster.emulator is not None
     calls = cluster.emulator.operator_calls
     assert ("create", "batch", "jobs", "") in calls and ("patch", c.GROUP, c.JOB_PLURAL,
                                                          "status") in calls

@@ -48,7 +48,8 @@ def test_base_images_are_pinned_and_cuda_for_gpu_targets() -> None:
 def test_each_target_installs_only_its_extra_and_runs_as_non_root(target: str,
                                                                   extra: str) -> None:
     body = stages()[target]
-    assert extra in importlib.metadata.metadata("rlaif-operator").get_all("Provides-Extra")
+    extras = importlib.metadata.metadata("rlaif-operator").get_all("Provides-Extra")
+    assert extras is not None and extra in extras
     installed = re.findall(r"\.whl\)\[([\w,]+)\]", body)
     assert installed == [extra], f"{target} installs {installed}, expected [{extra}]"
     assert f"USER {NONROOT_UID}:{NONROOT_UID}" in body

@@ -201,7 +201,8 @@ def test_reward_server_deployment_probes_and_args() -> None:
     assert box["args"] == ["reward", "serve", "--kind", "mos", "--model", "builtin:dnsmos",
                            "--port", "8080", "--max-batch", "32", "--max-wait-ms", "10"]
     assert dep["spec"]["replicas"] == 2 and sb.build_deployment(server, 0)["spec"]["replicas"] == 0
-    assert sb.build_pdb(server)["spec"]["maxUnavailable"] == 1
+    pdb = sb.build_pdb(server)
+    assert pdb is not None and pdb["spec"]["maxUnavailable"] == 1
     single = server.model_copy(update={"spec": server.spec.model_copy(update={"replicas": 1})})
     assert sb.build_pdb(single) is None
     svc = sb.build_service(server)
@@ -216,7 +217,9 @@ def test_judge_server_gets_the_jobs_label_schema() -> None:
     job = RLAIFJob.model_validate(doc)
     judge = RewardServer.model_validate(
         next(s for s in jb.build_reward_servers(job) if s["spec"]["kind"] == "judge"))
-    schema = yaml.safe_load(sb.build_label_config(judge)["data"][sb.LABELS_FILE])
+    label_config = sb.build_label_config(judge)
+    assert label_config is not None
+    schema = yaml.safe_load(label_config["data"][sb.LABELS_FILE])
     assert schema["emotion"] == ["Calm", "Angry"]
     args = sb.build_deployment(judge)["spec"]["template"]["spec"]["containers"][0]["args"]
     assert args[-2:] == ["--label-schema", f"{c.CONFIG_DIR}/{sb.LABELS_FILE}"]
@@ -225,6 +228,7 @@ def test_judge_server_gets_the_jobs_label_schema() -> None:
 def test_labeling_job_reads_the_api_key_from_the_secret() -> None:
     job = _job("rlaif-spa")
     body = jb.build_labeling_job(job)
+    assert body is not None
     box = body["spec"]["template"]["spec"]["containers"][0]
     assert box["args"][:4] == ["label", "--in", "/data/librispeech-test-clean.txt", "--out"]
     assert box["args"][4] == job.spec.data.prompts

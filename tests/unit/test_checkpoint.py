@@ -44,7 +44,9 @@ def test_keeps_the_newest_and_resumes_from_the_latest(tmp_path: Path) -> None:
         algo.weights = torch.full((3,), float(step))
         ckpts.save(step, algo, {"data_position": step * 2})
     assert [s for s, _ in complete_checkpoints(tmp_path)] == [4, 6]
-    step, path = ckpts.latest()  # type: ignore[misc]
+    latest = ckpts.latest()
+    assert latest is not None
+    step, path = latest
     fresh = TensorState()
     meta = ckpts.load(path, fresh)
     assert step == 6 and meta["step"] == 6 and meta["data_position"] == 12
@@ -57,7 +59,8 @@ def test_half_written_checkpoints_are_ignored_and_cleaned(tmp_path: Path) -> Non
     (tmp_path / ".tmp-step-00000004" / "weights.pt").write_bytes(b"torn")
     (tmp_path / "step-00000006").mkdir()  # no meta.json: never completed
     ckpts = Checkpoints(tmp_path, keep=3, ctx=RANK0)
-    assert ckpts.latest()[0] == 2  # type: ignore[index]
+    latest = ckpts.latest()
+    assert latest is not None and latest[0] == 2
     assert not (tmp_path / ".tmp-step-00000004").exists()
 
 
@@ -68,7 +71,9 @@ def test_rng_states_are_restored(tmp_path: Path) -> None:
     expected = (torch.rand(3), np.random.rand(), random.random())
     torch.manual_seed(99)
     np.random.seed(99)
-    ckpts.load(ckpts.latest()[1], TensorState())  # type: ignore[index]
+    latest = ckpts.latest()
+    assert latest is not None
+    ckpts.load(latest[1], TensorState())
     again = (torch.rand(3), np.random.rand(), random.random())
     assert torch.equal(expected[0], again[0]) and expected[1:] == again[1:]
 

@@ -107,6 +107,7 @@ def test_state_round_trip_resumes_the_same_rollouts(model_dir, tmp_path) -> None
     resumed.save_final(tmp_path / "final")
     final = load_model(tmp_path / "final").state_dict()
     raw = resumed.net.state_dict()
+    assert resumed.ema is not None
     assert any(not torch.equal(final[n], raw[n]) for n in resumed.ema)
 
 

@@ -136,7 +136,8 @@ def reward_gradient(model: WaveGrad2, chains: Chains, objective: str,
 def test_reward_term_has_a_gradient_unlike_the_released_clamp(model, ids, objective) -> None:
     chains = sample(model, ids, steps=3)
     grads = reward_gradient(model, chains, objective, torch.tensor([1.0, 0.0, 0.2, 0.4]))
-    norm = torch.sqrt(sum((g.double() ** 2).sum() for g in grads.values()))
+    squares = [(g.double() ** 2).sum() for g in grads.values()]
+    norm = torch.sqrt(sum(squares, torch.zeros((), dtype=torch.float64)))
     assert norm > 0 and torch.isfinite(norm)
     # The released form: -clamp(logp - old_logp) * r has zero gradient at logp == old.
     model.zero_grad(set_to_none=True)
@@ -152,11 +153,11 @@ def test_one_step_raises_the_log_prob_of_the_rewarded_chain(ids) -> None:
     model = WaveGrad2(presets.tiny())
     chains = sample(model, ids, steps=3, seed=4)
     grads = reward_gradient(model, chains, "ddpo", torch.tensor([1.0, 0.0, 0.0, 0.0]))
-    norm = torch.sqrt(sum((g ** 2).sum() for g in grads.values()))
+    norm = torch.sqrt(sum(((g ** 2).sum() for g in grads.values()), torch.zeros(())))
     with torch.no_grad():  # a small step down the loss gradient (first-order regime)
         for name, p in model.named_parameters():
             if name in grads:
-                p -= 1e-4 * grads[name] / norm
+                p.sub_(1e-4 * grads[name] / norm)
     with torch.no_grad():
         features = features_for(model, chains.ids, chains.durations, GROUP)[0]
         after = sum(transition_log_prob(model, features, chains, k)[0]

@@ -93,7 +93,7 @@ def test_grpo_loss_gradient_pushes_up_good_samples() -> None:
                             torch.ones(2, 2), GRPOLossConfig(kl_coef=0.0))
     loss.backward()
     assert loss.item() == pytest.approx(0.0)
-    assert close(logp.grad, [[-0.25, -0.25], [0.25, 0.25]])
+    assert logp.grad is not None and close(logp.grad, [[-0.25, -0.25], [0.25, 0.25]])
     assert stats["kl"] == 0.0 and stats["clip_fraction"] == 0.0
 
 

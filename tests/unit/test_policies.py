@@ -72,6 +72,7 @@ def test_samples_follow_the_allowed_tokens_and_stop(policy: SpeechLMPolicy) -> N
     torch.manual_seed(0)
     out = policy.sample(PROMPT, 4, 12)
     allowed = policy.allowed_tokens(out.ids.shape[1])
+    assert allowed is not None  # both policies restrict tokens by position
     for row, mask in zip(out.ids, out.mask, strict=True):
         for t, (tok, live) in enumerate(zip(row.tolist(), mask.tolist(), strict=True)):
             if live:
@@ -99,7 +100,9 @@ def test_logprobs_match_a_direct_forward_pass(policy: SpeechLMPolicy) -> None:
     full = torch.cat([prompt_ids, out.ids[0]]).unsqueeze(0)
     with torch.no_grad():
         logits = policy.model(input_ids=full).logits[0, len(prompt_ids) - 1:-1] / 0.8
-    logits[~policy.allowed_tokens(out.ids.shape[1])] = float("-inf")
+    allowed = policy.allowed_tokens(out.ids.shape[1])
+    assert allowed is not None  # both policies restrict tokens by position
+    logits[~allowed] = float("-inf")
     direct = torch.log_softmax(logits, -1).gather(-1, out.ids[0].unsqueeze(-1)).squeeze(-1)
     assert torch.allclose(direct * out.mask[0], out.logprobs[0], atol=1e-5)
 
@@ -162,8 +165,7 @@ def test_codec_lm_rejects_a_tokenizer_without_speech_tokens(tmp_path: Path) -> N
 
     DacModel(DacConfig(encoder_hidden_size=8, downsampling_ratios=[2, 4, 4],
                        decoder_hidden_size=32, n_codebooks=4, codebook_size=64,
-                       codebook_dim=4, upsampling_ratios=[4, 4, 2],
-                       hop_length=32)).save_pretrained(str(tmp_path / "codec4"))
+                       codebook_dim=4)).save_pretrained(str(tmp_path / "codec4"))
     with pytest.raises(ValueError, match="lacks speech tokens"):
         CodecLM(tmp_path / "lm", tmp_path / "codec4", "lora", LORA, CPU, torch.float32)
 

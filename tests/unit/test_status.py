@@ -178,9 +178,9 @@ def test_healthy_pods_have_no_problem() -> None:
 def test_failed_job_reports_the_pod_reason_but_keeps_deadline_exceeded() -> None:
     oom = pod(containerStatuses=[{"name": "t", "state": {"terminated": {
         "reason": "OOMKilled", "exitCode": 137}}}])
-    job = {"metadata": {"creationTimestamp": "2026-01-01T00:00:00Z"},
-           "status": {"conditions": [{"type": "Failed", "status": "True",
-                                      "reason": "BackoffLimitExceeded"}]}}
+    job: dict[str, Any] = {"metadata": {"creationTimestamp": "2026-01-01T00:00:00Z"},
+                           "status": {"conditions": [{"type": "Failed", "status": "True",
+                                                      "reason": "BackoffLimitExceeded"}]}}
     state = summarize_job(job, [oom])
     assert state is not None and state.failed and state.reason == "OOMKilled"
     assert state.created == T0
@@ -305,8 +305,9 @@ def test_kopf_arguments_get_defaults_unless_given() -> None:
 
 
 def test_finished_jobs_expire_after_their_ttl() -> None:
-    body = {"spec": {"runPolicy": {"ttlSecondsAfterFinished": 60}},
-            "status": {"phase": "Succeeded", "completionTime": "2026-01-01T00:00:00Z"}}
+    body: dict[str, Any] = {
+        "spec": {"runPolicy": {"ttlSecondsAfterFinished": 60}},
+        "status": {"phase": "Succeeded", "completionTime": "2026-01-01T00:00:00Z"}}
     assert not expired(body, T0 + timedelta(seconds=59))
     assert expired(body, T0 + timedelta(seconds=60))
     running = {**body, "status": {**body["status"], "phase": "Running"}}

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from rlaif.api.models import RLAIFJob
 from rlaif.api.validation import InvalidManifest, load_file, parse_object
 from tests.conftest import EXAMPLES
 
@@ -35,7 +36,9 @@ def test_defaults_follow_rlaif_spa() -> None:
            "spec": {"policy": {"kind": "codec-lm", "model": "/m", "codec": "/c"},
                     "data": {"prompts": "/p.jsonl"},
                     "rewards": [{"name": "asr", "kind": "asr", "model": "/w", "weight": 0.3}]}}
-    spec = parse_object(doc).spec
+    job = parse_object(doc)
+    assert isinstance(job, RLAIFJob)
+    spec = job.spec
     assert (spec.grpo.learning_rate, spec.grpo.batch_size, spec.grpo.group_size,
             spec.grpo.kl_coef, spec.grpo.clip_epsilon) == (5e-6, 1, 4, 0.01, 0.2)
     assert (spec.policy.lora.r, spec.policy.lora.alpha) == (8, 32)

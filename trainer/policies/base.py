@@ -193,5 +193,6 @@ class SpeechLMPolicy(ABC):
         """The adapters folded into the base weights: a plain transformers model directory.
 
         Merging changes the network in place, so this is the last thing a run does."""
-        model = self.model.merge_and_unload() if self.finetune == "lora" else self.model
+        # nn.Module types unknown attributes as Tensor | Module; a LoRA model is a PeftModel
+        model = self.model.merge_and_unload() if self.finetune == "lora" else self.model  # type: ignore[operator]
         model.save_pretrained(str(out))  # type: ignore[operator]

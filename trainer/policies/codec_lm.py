@@ -70,7 +70,8 @@ class CodecLM(SpeechLMPolicy):
 
         self.settings = CodecLMSettings.load(model_dir)
         self.tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
-        model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=dtype).to(device)
+        # PreTrainedModel.to is @wraps(nn.Module.to): mypy does not bind its self to the model
+        model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=dtype).to(device)  # type: ignore[arg-type]
         self.codec = AutoModel.from_pretrained(str(codec_dir)).to(device).eval()
         self.codec.requires_grad_(False)
         cfg = self.codec.config
@@ -79,13 +80,16 @@ class CodecLM(SpeechLMPolicy):
         names = [self.settings.speech_token.format(k)
                  for k in range(self.n_codebooks * self.codebook_size)]
         ids = self.tokenizer.convert_tokens_to_ids(names)
+        assert isinstance(ids, list)  # a list of tokens converts to a list of ids
         if self.tokenizer.unk_token_id in ids or None in ids:
             raise ValueError(f"spec.policy.model: tokenizer in {model_dir} lacks speech tokens "
                              f"{names[0]}..{names[-1]} for a codec with {self.n_codebooks} x "
                              f"{self.codebook_size} codes")
         self.speech_ids = torch.tensor(ids, dtype=torch.long)
         self.code_of = {tid: k for k, tid in enumerate(ids)}
-        self.stop_id = int(self.tokenizer.convert_tokens_to_ids(self.settings.stop_token))
+        stop_id = self.tokenizer.convert_tokens_to_ids(self.settings.stop_token)
+        assert not isinstance(stop_id, list)  # one token converts to one id
+        self.stop_id = int(stop_id)
         self.pad_id = int(self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None
                           else self.stop_id)
         self.vocab_size = int(model.get_output_embeddings().weight.shape[0])
@@ -157,7 +161,6 @@ def write_tiny_model_dirs(model_dir: Path, codec_dir: Path, seed: int = 0,
         codec = DacModel(DacConfig(encoder_hidden_size=8, downsampling_ratios=[2, 4, 4],
                                    decoder_hidden_size=32, n_codebooks=n_codebooks,
                                    codebook_size=codebook_size, codebook_dim=4,
-                                   upsampling_ratios=[4, 4, 2], sampling_rate=16000,
-                                   hop_length=32))
+                                   sampling_rate=16000))
     lm.save_pretrained(str(model_dir))
     codec.save_pretrained(str(codec_dir))

@@ -98,7 +98,8 @@ class ProsodyLM(SpeechLMPolicy):
                                     f"(not a prosody-lm model directory)")
         self.tokens: list[str] = json.loads(vocab_path.read_text())["tokens"]
         self.index = {t: i for i, t in enumerate(self.tokens)}
-        model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=dtype).to(device)
+        # PreTrainedModel.to is @wraps(nn.Module.to): mypy does not bind its self to the model
+        model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=dtype).to(device)  # type: ignore[arg-type]
         self.pad_id, self.stop_id = self.index["<pad>"], self.index["<eos>"]
         super().__init__(model, finetune, lora)
         self._slot_ids = [[self.index[f"{s}={v}"] for v in values] for s, values in SLOTS.items()]
