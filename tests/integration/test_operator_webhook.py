@@ -45,10 +45,12 @@ def webhook(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Pat
                                RLAIF_WEBHOOK_HOST="127.0.0.1", RLAIF_WEBHOOK_CERT_DIR=str(certs))
         try:
             kube = cluster.client()
-            config = wait_for(lambda: kube.request(
+            # kopf creates the configuration, then fills in its webhooks: wait for those.
+            config = wait_for(lambda: (kube.request(
                 "GET", "/apis/admissionregistration.k8s.io/v1/validatingwebhookconfigurations/"
-                f"validate.{c.GROUP}"), timeout=30, what="the webhook configuration")
-            (hook,) = config["webhooks"]
+                f"validate.{c.GROUP}") or {}).get("webhooks"), timeout=30,
+                what="the webhook configuration's webhooks")
+            (hook,) = config
             rule = hook["rules"][0]
             assert c.JOB_PLURAL in rule["resources"] and set(rule["operations"]) == {
                 "CREATE", "UPDATE"}
