@@ -22,7 +22,7 @@ from rlaif.api.models import RLAIFJobSpec
 from rlaif.config import RewardEndpoint, TrainerConfig
 from rlaif.data import load_prompts
 from rlaif.rewards.mos import MosScorer
-from rlaif.rewards.scoring import ScoreInput
+from rlaif.rewards.scoring import ScoreInput, prepare
 from rlaif.trainer.distributed import init_distributed
 from rlaif.trainer.dlpo import build_algorithm
 
@@ -71,7 +71,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     init_distributed()
     scorer = MosScorer(modelref.resolve("builtin:dnsmos"), "cpu")
-    scorer.load()
+    prepare(scorer)
     print(f"{args.steps} steps, lr {args.lr:g}, diffusionLossCoef {args.diffusion_loss_coef:g}"
           f" (dlpo only), G=4, 6 denoising steps, model {args.model}")
     print(f"{'objective':<10}{'MOS step 1':>11}{'MOS last 4':>11}{'MOS max':>9}"

@@ -24,7 +24,7 @@ import soundfile as sf
 
 from rlaif.audio import encode_pcm16, resample
 from rlaif.modelref import resolve
-from rlaif.rewards.scoring import ScoreInput
+from rlaif.rewards.scoring import ScoreInput, prepare
 from rlaif.rewards.server import ServerSettings, build_scorer
 
 SENTENCES = [
@@ -111,8 +111,7 @@ def main() -> None:
     print("| ---------------------------- | --------- | -------- | -------- | ----- |")
     for kind, model in (("asr", "builtin:whisper-tiny.en"), ("mos", "builtin:dnsmos")):
         scorer = build_scorer(ServerSettings(kind=kind, model=model, device="cpu"))
-        scorer.load()
-        scorer.warm_up()
+        prepare(scorer)
         lat = []
         start = time.perf_counter()
         for i, (text, audio) in enumerate(data):

@@ -58,9 +58,13 @@ class AcousticJudge:
         import librosa  # noqa: F401  (imported once here rather than on the first request)
 
     def warm_up(self) -> None:
+        """Both paths of ``measure`` (syllables from text, from onsets), so every librosa
+        kernel a request can reach is compiled now, under the server's cache lock."""
         t = np.arange(SAMPLE_RATE) / SAMPLE_RATE
         tone = (0.3 * np.sin(2 * np.pi * 150 * t)).astype(np.float32)
-        self.score_batch([ScoreInput("warm-up", tone, "warm up", {"intonation": "Declarative"})])
+        labels = {"intonation": "Declarative"}
+        self.score_batch([ScoreInput("warm-up", tone, "warm up", labels),
+                          ScoreInput("warm-up-no-text", tone, "", labels)])
 
     def check(self, item: ScoreInput) -> str | None:
         if not any(_scorable(dim, item.labels.get(dim)) for dim in SCORED):
@@ -142,7 +146,8 @@ def measure(audio: np.ndarray, text: str) -> dict[str, float | None]:
     None marks what could not be measured (no speech, no voiced frames)."""
     import librosa
 
-    speech, _ = librosa.effects.trim(audio, top_db=TRIM_DB)
+    # One dtype, so no request compiles a kernel signature that warm-up did not.
+    speech, _ = librosa.effects.trim(np.asarray(audio, dtype=np.float32), top_db=TRIM_DB)
     seconds = len(speech) / SAMPLE_RATE
     out: dict[str, float | None] = {"speechSeconds": seconds, "syllablesPerSecond": None,
                                     "pitchMedian": None, "pitchRange": None,

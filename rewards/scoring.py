@@ -8,6 +8,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from rlaif import numba_cache
 from rlaif.constants import SAMPLE_RATE
 
 
@@ -55,6 +56,14 @@ class Scorer(Protocol):
         ...
 
     def score_batch(self, items: list[ScoreInput]) -> list[ScoreResult]: ...
+
+
+def prepare(scorer: Scorer) -> None:
+    """``load`` then ``warm_up``, alone among this user's processes: warm-up makes the first
+    kernel calls, which compile or load librosa's numba kernels (see rlaif.numba_cache)."""
+    with numba_cache.exclusive():
+        scorer.load()
+        scorer.warm_up()
 
 
 def clip01(value: float) -> float:

@@ -17,6 +17,7 @@ import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,7 @@ from rlaif.modelref import ModelNotFound, is_builtin, resolve
 from rlaif.rewards.batcher import MicroBatcher
 from rlaif.rewards.metrics import ServerMetrics
 from rlaif.rewards.protocol import ItemError, Limits, RequestError, parse_request
-from rlaif.rewards.scoring import ScoreInput, Scorer, ScoreResult
+from rlaif.rewards.scoring import ScoreInput, Scorer, ScoreResult, prepare
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +127,7 @@ class RewardApp:
     async def _load(self) -> None:
         start = time.perf_counter()
         try:
-            await self.batcher.run_exclusive(self._load_and_warm_up)
+            await self.batcher.run_exclusive(partial(prepare, self.scorer))
         except Exception as exc:
             self.load_error = exc
             log.error("loading %s model %s failed: %s", self.settings.kind,
@@ -139,10 +140,6 @@ class RewardApp:
         self.ready.set()
         log.info("ready: %s reward, model %s, loaded and warmed up in %.1f s",
                  self.settings.kind, self.settings.model, seconds)
-
-    def _load_and_warm_up(self) -> None:
-        self.scorer.load()
-        self.scorer.warm_up()
 
     # ------------------------------------------------------------------ handlers
 

@@ -48,6 +48,17 @@ def get_json(url: str) -> tuple[int, dict]:
         return exc.code, json.loads(exc.read())
 
 
+def post(url: str, body: bytes) -> tuple[int, dict]:
+    """POST /v1/score; (status, JSON answer) for errors too."""
+    req = urllib.request.Request(url + "/v1/score", data=body,
+                                 headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=60) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
 def wait_ready(url: str, timeout_s: float = 120.0) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -135,6 +146,8 @@ def build_tiny_qwen2_audio(out: Path) -> Path:
     processor = Qwen2AudioProcessor(feature_extractor=WhisperFeatureExtractor(feature_size=128),
                                     tokenizer=tokenizer)
     vocab = tok.get_vocab_size()
+    audio_token = tok.token_to_id("<|AUDIO|>")
+    assert audio_token is not None  # one of the special tokens trained above
     config = Qwen2AudioConfig(
         audio_config={"d_model": 16, "encoder_layers": 1, "encoder_attention_heads": 2,
                       "encoder_ffn_dim": 32, "num_mel_bins": 128},
@@ -143,7 +156,7 @@ def build_tiny_qwen2_audio(out: Path) -> Path:
                      "num_attention_heads": 2, "num_key_value_heads": 1,
                      "eos_token_id": tok.token_to_id("<|im_end|>"),
                      "pad_token_id": tok.token_to_id("<|endoftext|>")},
-        audio_token_index=tok.token_to_id("<|AUDIO|>"))
+        audio_token_index=audio_token)
     Qwen2AudioForConditionalGeneration(config).save_pretrained(out)
     processor.save_pretrained(out)
     return out

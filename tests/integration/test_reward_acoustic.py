@@ -6,15 +6,14 @@ import pytest
 
 from rlaif.api.labels import LabelSchema
 from rlaif.rewards.acoustic import AcousticJudge
-from rlaif.rewards.scoring import ScoreInput
+from rlaif.rewards.scoring import ScoreInput, prepare
 from tests.integration.reward_support import SENTENCE, speak
 
 
 @pytest.fixture(scope="module")
 def judge() -> AcousticJudge:
     judge = AcousticJudge(LabelSchema())
-    judge.load()
-    judge.warm_up()
+    prepare(judge)
     return judge
 
 

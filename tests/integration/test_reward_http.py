@@ -9,7 +9,6 @@ import os
 import signal
 import subprocess
 import sys
-import urllib.request
 
 import aiohttp
 import numpy as np
@@ -25,6 +24,7 @@ from tests.integration.reward_support import (
     ServerThread,
     free_port,
     get_json,
+    post,
     speak,
     wait_ready,
 )
@@ -50,16 +50,6 @@ def speech() -> np.ndarray:
 def item(i: str, audio: np.ndarray, **extra) -> dict:
     return {"id": i, "audio": {"sampleRate": 16000, "pcm16": encode_pcm16(audio)},
             "text": SENTENCE, "labels": LABELS, **extra}
-
-
-def post(url: str, body: bytes) -> tuple[int, dict]:
-    req = urllib.request.Request(url + "/v1/score", data=body,
-                                 headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=60) as resp:
-            return resp.status, json.loads(resp.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read())
 
 
 def test_health_ready_and_metrics(server) -> None:
