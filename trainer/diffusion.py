@@ -88,9 +88,11 @@ def gaussian_log_prob(x: torch.Tensor, mean: torch.Tensor, std: float,
 
     ``mask`` (same shape as x, 1 for real samples) leaves out padding.
     """
-    elementwise = -((x - mean) ** 2) / (2 * std**2) - math.log(std) - LOG_SQRT_2PI
+    # float64 throughout: a chain's log-density adds up tens of thousands of terms whose
+    # float32 rounding alone moves the total by ~1e-3, and importance ratios are differences
+    # of two such totals.
+    elementwise = (-((x.double() - mean.double()) ** 2) / (2 * std**2) - math.log(std)
+                   - LOG_SQRT_2PI)
     if mask is not None:
         elementwise = elementwise * mask
-    # float64 sums: a chain's log-density adds up tens of thousands of samples, and
-    # importance ratios are differences of two such sums.
-    return elementwise.flatten(1).double().sum(dim=1)
+    return elementwise.flatten(1).sum(dim=1)
