@@ -17,6 +17,7 @@ SUMMARY = {
     "rlaif_loss": "loss",
     "rlaif_step_seconds": "stepSeconds",
     "rlaif_samples_per_second": "samplesPerSecond",
+    "rlaif_reward_unscorable": "unscorable",
 }
 PER_REWARD = "rlaif_reward_mean_by_name"
 SCRAPE_TIMEOUT_SECONDS = 3.0

@@ -1,7 +1,8 @@
 """Intelligibility: faster-whisper (CTranslate2) transcribes, jiwer scores against the text.
 
-score = clip(1 - WER, 0, 1) after normalize_text on both sides; details carry the
-transcript, wer (unclipped: insertions can push it past 1) and cer. faster-whisper's own
+score = clip(1 - WER, 0, 1) after normalize_text (Whisper's English normaliser) on both
+sides; details carry the raw reference and transcript, both normalised forms (what WER
+compared), wer (unclipped: insertions can push it past 1) and cer. faster-whisper's own
 batched pipeline batches the 30-s chunks of one file; a reward server needs batches of
 separate clips, so clips up to 30 s are encoded and decoded as one CTranslate2 batch
 (greedy decoding, no timestamps). Longer clips go through the regular transcribe().
@@ -57,9 +58,10 @@ class AsrScorer:
             ref, hyp = normalize_text(item.text), normalize_text(transcript)
             wer = float(jiwer.wer(ref, hyp))
             cer = float(jiwer.cer(ref, hyp))
-            results.append(ScoreResult(score=clip01(1.0 - wer),
-                                       details={"transcript": transcript.strip(), "wer": wer,
-                                                "cer": cer}))
+            results.append(ScoreResult(score=clip01(1.0 - wer), details={
+                "reference": item.text, "transcript": transcript.strip(),
+                "normalizedReference": ref, "normalizedTranscript": hyp, "wer": wer,
+                "cer": cer}))
         return results
 
     def transcribe(self, clips: list[np.ndarray]) -> list[str]:

@@ -4,9 +4,10 @@ the four prosody dimensions, and the score is the share of target labels it conf
 The judge sees the same lists the labeller used (one LabelSchema; the paper's judge had
 different lists, so some targets could never match). It is loaded once and generates for
 a whole batch at a time (the paper reloaded the model for every clip). Answers are parsed
-leniently: JSON first, then "Name: value" lines; an answer with nothing usable scores 0
-with the reason in details and in the log, never an exception. Audio past 30 s is cut by
-the Whisper feature extractor.
+leniently: JSON first, then "Name: value" lines. An answer with nothing usable is an item
+error naming the reason and quoting the answer, never a score of 0 (which would punish the
+sample for the judge's failure) and never an exception. Audio past 30 s is cut by the
+Whisper feature extractor.
 """
 
 from __future__ import annotations
@@ -84,13 +85,14 @@ class LlmJudge:
         return [self.judge(item, answer) for item, answer in zip(items, answers, strict=True)]
 
     def judge(self, item: ScoreInput, answer: str) -> ScoreResult:
+        """The alignment score, or an item error when the answer has no usable label."""
         predicted, problem = parse_judgement(answer, self.schema)
         if problem:
             log.info("judge answer for %r unusable: %s", item.id, problem)
+            return ScoreResult.failed(f"judge answer unusable ({problem}): {answer[:200]!r}")
         matched = alignment(item.labels, predicted)
         return ScoreResult(score=sum(matched.values()) / len(matched), details={
-            "answer": answer[:500], "predicted": predicted, "matched": matched,
-            "parseError": problem})
+            "answer": answer[:500], "predicted": predicted, "matched": matched})
 
     def generate(self, clips: list[np.ndarray]) -> list[str]:
         import torch

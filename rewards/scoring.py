@@ -29,7 +29,8 @@ class ScoreInput:
 
 @dataclass
 class ScoreResult:
-    """A score in [0, 1] with the figures behind it, or an item error (scored 0 by clients)."""
+    """A score in [0, 1] with the figures behind it, or an item error: the item could not be
+    scored (clients count it as NaN, never as 0)."""
 
     score: float = 0.0
     details: dict[str, Any] = field(default_factory=dict)

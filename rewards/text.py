@@ -1,39 +1,48 @@
-"""Transcript normalisation before WER, as in RLAIF-SPA: lower-case, number words 0-99 to
-digits, punctuation removed, whitespace collapsed. Both texts go through the same function,
-so "Twenty-one!" and "21" agree."""
+"""Transcript normalisation before WER: Whisper's English text normaliser, so that a
+transcript is not charged for writing what was said differently.
+
+Both texts go through the same function: lower case; punctuation, brackets and fillers
+(hmm, um, uh) removed; contractions expanded ("can't" -> "can not", "we're" -> "we are");
+titles spelled out ("Mr." -> "mister"); numbers, ordinals and currency as digits
+("twenty first" -> "21st", "one hundred and one" -> "101", "five dollars" -> "$5");
+British spellings as American ("colour" -> "color"). The normaliser is transformers'
+copy of OpenAI Whisper's (``EnglishTextNormalizer``); its spelling map, which transformers
+reads from a hub tokenizer's ``normalizer.json``, is Whisper's own list, shipped beside this
+module (english_spelling.json, MIT) so nothing is downloaded. SPELLING_ADDITIONS extends it
+with a few variants Whisper's list lacks.
+"""
 
 from __future__ import annotations
 
-import re
+import functools
+import json
+from collections.abc import Callable
+from pathlib import Path
 
-UNITS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten",
-         "eleven", "twelve", "thirteen", "fourteen", "fifteen", "sixteen", "seventeen",
-         "eighteen", "nineteen"]
-TENS = ["twenty", "thirty", "forty", "fifty", "sixty", "seventy", "eighty", "ninety"]
-_UNIT = {w: i for i, w in enumerate(UNITS)}
-_TEN = {w: 20 + 10 * i for i, w in enumerate(TENS)}
+SPELLING_FILE = Path(__file__).with_name("english_spelling.json")
+
+SPELLING_ADDITIONS = {
+    "ok": "okay",  # Whisper writes both; the list only has British -> American spellings
+    "alright": "all right",
+    "cannot": "can not",  # the normaliser already writes "can't" as "can not"
+}
+
+
+@functools.cache
+def english_normalizer() -> Callable[[str], str]:
+    """Whisper's EnglishTextNormalizer with the shipped spelling map (built once: it
+    compiles many patterns; imported late: transformers takes seconds to import)."""
+    from transformers.models.whisper.english_normalizer import EnglishTextNormalizer
+
+    mapping = json.loads(SPELLING_FILE.read_text(encoding="utf-8"))["mapping"]
+    return EnglishTextNormalizer({**mapping, **SPELLING_ADDITIONS})
 
 
 def normalize_text(text: str) -> str:
-    """The comparable form of a transcript (see module docstring)."""
-    text = text.lower().replace("-", " ")
-    text = re.sub(r"[^\w\s']|_", " ", text).replace("'", "")
-    return " ".join(_numbers_to_digits(text.split()))
+    """The comparable form of a transcript (see module docstring); "" when nothing is left.
 
-
-def _numbers_to_digits(words: list[str]) -> list[str]:
-    out: list[str] = []
-    i = 0
-    while i < len(words):
-        w = words[i]
-        if w in _TEN:
-            nxt = words[i + 1] if i + 1 < len(words) else ""
-            if nxt in _UNIT and 0 < _UNIT[nxt] < 10:
-                out.append(str(_TEN[w] + _UNIT[nxt]))
-                i += 2
-                continue
-            out.append(str(_TEN[w]))
-        else:
-            out.append(str(_UNIT[w]) if w in _UNIT else w)
-        i += 1
-    return out
+    Tokens without a letter or digit are dropped: the normaliser keeps "." and "$" for
+    figures like "3.5" and "$5", and leaves a stray "." of an ellipsis ("I see..." ->
+    "i see ."), which WER would count as a word."""
+    return " ".join(w for w in english_normalizer()(text).split()
+                    if any(c.isalnum() for c in w))

@@ -3,7 +3,9 @@
 One batched request per server, all servers in parallel, from a background event loop so
 the trainer can submit a group as soon as it is rendered and keep generating while it is
 scored. Transient failures (connection errors, timeouts, 5xx) are retried with exponential
-backoff and jitter; an item the server rejects scores 0 for that reward and is counted.
+backoff and jitter. An item a server could not score is NaN for that reward (not 0, which
+would punish the sample and drag its group's mean), counted, and its total is NaN too: the
+trainer leaves unscorable samples out of group statistics (as TRL's GRPOTrainer does).
 """
 
 from __future__ import annotations
@@ -56,10 +58,19 @@ class ScoreItem:
 @dataclass
 class RewardScores:
     ids: list[str]
-    total: np.ndarray  # weighted sum over rewards, per item (float64)
-    per_reward: dict[str, np.ndarray]  # reward name -> score in [0,1] per item
-    details: dict[str, list[dict]]  # reward name -> the server's details per item
-    errors: dict[str, int]  # reward name -> items the server rejected (scored 0)
+    total: np.ndarray  # weighted sum over rewards, per item (float64); NaN: unscorable
+    per_reward: dict[str, np.ndarray]  # reward name -> score in [0,1] per item, NaN: failed
+    details: dict[str, list[dict]]  # reward name -> the server's details, or {"error": why}
+    errors: dict[str, int]  # reward name -> items the server could not score (NaN)
+
+    @property
+    def unscorable(self) -> np.ndarray:
+        """Bool per item: some reward that counts in the total failed on it."""
+        return np.isnan(self.total)
+
+    def first_error(self, name: str) -> str | None:
+        """The first item error reward ``name`` reported (for a log line), or None."""
+        return next((d["error"] for d in self.details[name] if "error" in d), None)
 
     @staticmethod
     def concat(parts: Sequence[RewardScores]) -> RewardScores:
@@ -186,12 +197,9 @@ class RewardClient:
         columns = await asyncio.gather(*(self._score_one(ep, ids, bodies)
                                          for ep in self.endpoints))
         by_name = dict(zip([ep.name for ep in self.endpoints], columns, strict=True))
-        total = np.zeros(len(ids), dtype=np.float64)
-        for ep in self.endpoints:
-            total += ep.weight * by_name[ep.name].scores
+        per_reward = {name: col.scores for name, col in by_name.items()}
         return RewardScores(
-            ids=ids, total=total,
-            per_reward={name: col.scores for name, col in by_name.items()},
+            ids=ids, total=weighted_total(self.weights, per_reward), per_reward=per_reward,
             details={name: col.details for name, col in by_name.items()},
             errors={name: col.errors for name, col in by_name.items()},
         )
@@ -243,12 +251,25 @@ class RewardClient:
         return scores
 
 
+def weighted_total(weights: Mapping[str, float], per_reward: Mapping[str, np.ndarray]
+                   ) -> np.ndarray:
+    """sum(weight * score) per item. A failed (NaN) score makes the total NaN: a partial sum
+    would rank the sample against complete ones on a different scale. A reward weighted 0
+    does not count, so its failures do not poison the total."""
+    total = np.zeros(len(next(iter(per_reward.values()))), dtype=np.float64)
+    for name, scores in per_reward.items():
+        if weights[name] != 0:
+            total += weights[name] * scores
+    return total
+
+
 def _column(ep: RewardEndpoint, ids: list[str], answers: list[dict]) -> _RewardColumn:
-    """Scores in item order; a rejected or malformed item scores 0 and is counted."""
+    """Scores in item order; an item the server could not score (an item error, or no
+    finite score) is NaN and counted, never 0."""
     if len(answers) != len(ids):
         raise RewardUnavailable(f"reward {ep.name!r} at {ep.url} answered {len(answers)} "
                                 f"scores for {len(ids)} items")
-    scores = np.zeros(len(ids), dtype=np.float64)
+    scores = np.full(len(ids), np.nan, dtype=np.float64)
     details: list[dict] = []
     errors = 0
     for i, (item_id, ans) in enumerate(zip(ids, answers, strict=True)):
@@ -262,7 +283,7 @@ def _column(ep: RewardEndpoint, ids: list[str], answers: list[dict]) -> _RewardC
             reason = ans.get("error", f"no usable score in {ans!r}")
             details.append({"error": reason})
             if errors == 1:
-                log.warning("reward %r rejected item %r: %s", ep.name, item_id, reason)
+                log.warning("reward %r could not score item %r: %s", ep.name, item_id, reason)
             continue
         scores[i] = min(1.0, max(0.0, float(score)))
         details.append(ans.get("details") or {})

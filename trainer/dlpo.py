@@ -74,7 +74,8 @@ def reward_advantages(rewards: torch.Tensor, reward_scale: float,
                       penalty: torch.Tensor | None = None, kl_coef: float = 0.0
                       ) -> torch.Tensor:
     """A = rewardScale * (r' - mean) / (std + eps) per group (rows of ``[P, G]``), where
-    r' = r - klCoef * penalty folds the reference penalty into the reward (KLinR)."""
+    r' = r - klCoef * penalty folds the reference penalty into the reward (KLinR). An
+    unscorable (NaN) reward gets A = 0 and stays out of its group's mean and std."""
     if penalty is not None:
         rewards = rewards - kl_coef * penalty
     return reward_scale * group_advantages(rewards)
@@ -249,7 +250,8 @@ class DLPOAlgorithm:
         for p, chains in enumerate(groups):
             samples = chains.states.shape[-1]
             adv = advantages[p].to(device)
-            weights = (self.dlpo.reward_scale * rewards[p]).to(device)
+            # rwr's weights: an unscorable (NaN) sample weighs 0, like its advantage
+            weights = (self.dlpo.reward_scale * rewards[p].nan_to_num(nan=0.0)).to(device)
             for k in range(chains.stochastic_steps):
                 features = features_for(self.net, chains.ids, chains.durations,
                                         self.group_size)[0]

@@ -26,18 +26,34 @@ def group_advantages(rewards: torch.Tensor, scale: bool = True, eps: float = 1e-
 
     ``scale=False`` is Dr. GRPO's mean-centred advantage (no std division, which otherwise
     up-weights near-tied groups). std is the unbiased sample std, as TRL and RLAIF-SPA use.
-    Groups whose rewards all tie (std < ZERO_STD) get exactly zero advantages.
+    NaN rewards (samples a reward server could not score) are left out of mean and std, as
+    TRL's nanmean/nanstd do, and get advantage 0: no push either way. Groups whose scorable
+    rewards tie (std < ZERO_STD), or with fewer than two of them, get exactly zero advantages,
+    so the result is always finite.
     """
-    mean = rewards.mean(dim=1, keepdim=True)
-    std = rewards.std(dim=1, keepdim=True)
+    mean, std = nan_group_stats(rewards)
     centred = rewards - mean
     adv = centred / (std + eps) if scale else centred
-    return torch.where(std < ZERO_STD, torch.zeros_like(adv), adv)
+    signal = ~torch.isnan(rewards) & (std >= ZERO_STD)  # False where std is NaN
+    return torch.where(signal, adv, torch.zeros_like(adv))
+
+
+def nan_group_stats(rewards: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row mean and unbiased std ``[B, 1]`` over the non-NaN rewards (NaN where a row has
+    none, std NaN where it has fewer than two)."""
+    scorable = ~torch.isnan(rewards)
+    n = scorable.sum(dim=1, keepdim=True)
+    mean = torch.where(scorable, rewards, 0.0).sum(dim=1, keepdim=True) / n
+    squares = torch.where(scorable, (rewards - mean) ** 2, 0.0).sum(dim=1, keepdim=True)
+    std = torch.sqrt(squares / (n - 1))
+    return mean, torch.where(n > 1, std, torch.full_like(std, float("nan")))
 
 
 def zero_variance_groups(rewards: torch.Tensor) -> torch.Tensor:
-    """Bool [B]: groups with no reward spread (RLAIF-SPA skips these)."""
-    return rewards.std(dim=1) < ZERO_STD
+    """Bool [B]: groups with no reward spread among their scorable samples, or fewer than two
+    scorable samples (RLAIF-SPA skips these)."""
+    std = nan_group_stats(rewards)[1].squeeze(1)
+    return torch.isnan(std) | (std < ZERO_STD)
 
 
 def k3_kl(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:

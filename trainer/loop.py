@@ -3,8 +3,12 @@
 Per step: take this rank's prompts, roll out (each group of audio goes to the reward
 servers as soon as it is rendered, so scoring overlaps generation), wait for the
 remaining scores, update, reduce the metrics over ranks, log on rank 0, checkpoint every
-``checkpoint.everySteps``. A stop request (SIGTERM, SIGINT, or a STOP file in the output
-directory) ends the run after the current step with a checkpoint; every rank agrees on it.
+``checkpoint.everySteps``. A sample a reward server could not score has a NaN total: the
+algorithm leaves it out of its group's statistics; a step where more than half the samples
+(all ranks) are unscorable does not update at all (the reward servers are failing, and
+what is left is too little to train on), and its record says so. A stop request (SIGTERM,
+SIGINT, or a STOP file in the output directory) ends the run after the current step with a
+checkpoint; every rank agrees on it.
 """
 
 from __future__ import annotations
@@ -45,6 +49,8 @@ EXIT_STOPPED = 130
 """Stopped on request after writing a checkpoint; running again resumes."""
 
 STOP_FILE = "STOP"
+MAX_UNSCORABLE = 0.5
+"""A step in which more than this share of all ranks' samples is unscorable is not trained."""
 SPREAD_KEYS = {"param_norm"}
 """Figures that must agree across ranks; the record also carries their max - min spread."""
 
@@ -144,18 +150,77 @@ def numeric_detail_means(scores: RewardScores) -> dict[str, float]:
     return out
 
 
-def reduce_record(local: dict[str, float], rewards: np.ndarray) -> Record:
-    """Metrics over all ranks: exact reward mean/std, other figures averaged over ranks."""
-    gathered = all_gather_objects((local, rewards.tolist()))
-    parts = [p for p, _ in gathered]
-    totals = np.concatenate([np.asarray(r, dtype=np.float64) for _, r in gathered])
+def finite_mean(values: Sequence[float]) -> float | None:
+    """Mean of the finite values; None (null in JSON, which has no NaN) when there are none."""
+    finite = [float(v) for v in values if v is not None and np.isfinite(v)]
+    return float(np.mean(finite)) if finite else None
+
+
+@dataclass
+class StepRewards:
+    """One step's rewards on every rank: what the metrics and the unscorable rule need."""
+
+    total: np.ndarray
+    """Weighted totals, all ranks' samples; NaN where a sample could not be scored."""
+    per_reward: dict[str, np.ndarray]
+    first_error: dict[str, str]
+    """Per reward, the first item error any rank saw (for the log)."""
+
+    @classmethod
+    def gather(cls, scores: RewardScores) -> StepRewards:
+        """Every rank's scores (a collective: call it on every rank)."""
+        errors = {n: e for n in scores.per_reward if (e := scores.first_error(n)) is not None}
+        parts = all_gather_objects((scores.total, scores.per_reward, errors))
+        first: dict[str, str] = {}
+        for _, _, part in parts:
+            for name, error in part.items():
+                first.setdefault(name, error)
+        return cls(total=np.concatenate([t for t, _, _ in parts]).astype(np.float64),
+                   per_reward={n: np.concatenate([p[n] for _, p, _ in parts])
+                               for n in scores.per_reward},
+                   first_error=first)
+
+    @property
+    def unscorable(self) -> float:
+        """Share of samples whose total is NaN."""
+        return float(np.isnan(self.total).mean()) if len(self.total) else 0.0
+
+    def too_few_scorable(self) -> bool:
+        """More than MAX_UNSCORABLE of the samples could not be scored: skip the update."""
+        return self.unscorable > MAX_UNSCORABLE
+
+    def metrics(self) -> Record:
+        """reward_mean/std over the scorable samples, each reward's mean, and what failed;
+        a figure with no scorable sample behind it is None, never NaN."""
+        scorable = self.total[~np.isnan(self.total)]
+        record: Record = {
+            "reward_mean": float(np.mean(scorable)) if len(scorable) else None,
+            "reward_std": float(np.std(scorable)) if len(scorable) else None,
+            "reward_unscorable": self.unscorable,
+        }
+        for name, scores in self.per_reward.items():
+            failed = np.isnan(scores)
+            record[f"reward/{name}"] = finite_mean(scores.tolist())
+            record[f"reward_errors/{name}"] = float(failed.sum())
+            record[f"reward_unscorable/{name}"] = float(failed.mean()) if len(scores) else 0.0
+        return record
+
+    def describe_failures(self) -> str:
+        """Which rewards failed on how many samples, with an example error each."""
+        return "; ".join(
+            f"reward {name!r}: {int(np.isnan(s).sum())} of {len(s)} failed, e.g. "
+            f"{self.first_error.get(name, '(no answer)')!r}"
+            for name, s in self.per_reward.items() if np.isnan(s).any())
+
+
+def reduce_record(local: dict[str, float]) -> Record:
+    """Figures averaged over ranks (non-finite values left out: None when none is left)."""
+    parts = all_gather_objects(local)
     keys = sorted({k for p in parts for k in p})
-    record: Record = {k: float(np.mean([p[k] for p in parts if k in p])) for k in keys}
+    record: Record = {k: finite_mean([p[k] for p in parts if k in p]) for k in keys}
     for key in SPREAD_KEYS & set(keys):
         values = [p[key] for p in parts if key in p]
         record[f"{key}_spread"] = float(max(values) - min(values))
-    record["reward_mean"] = float(np.mean(totals))
-    record["reward_std"] = float(np.std(totals))
     return record
 
 
@@ -267,17 +332,23 @@ class TrainingLoop:
         rollout = self.algorithm.rollout(prompts, on_audio=collector)
         t1 = time.perf_counter()
         scores = collector.result(rollout.audio)
+        rewards = StepRewards.gather(scores)
         t2 = time.perf_counter()
-        update = self.algorithm.update(rollout, scores.total)
+        if rewards.too_few_scorable():  # every rank sees the same figures: all skip together
+            update = {"skipped": 1.0, "skipped_unscorable": 1.0}
+            if self.ctx.is_main:
+                log.warning("step %d: %.0f%% of the samples could not be scored (%s); not "
+                            "training on the rest: update skipped", step,
+                            100 * rewards.unscorable, rewards.describe_failures())
+        else:
+            update = {"skipped": 0.0, **self.algorithm.update(rollout, scores.total),
+                      "skipped_unscorable": 0.0}
         t3 = time.perf_counter()
-        local = {**rollout.stats, **update,
-                 **{f"reward/{n}": float(np.mean(v)) for n, v in scores.per_reward.items()},
-                 **{f"reward_errors/{n}": float(v) for n, v in scores.errors.items()},
-                 **numeric_detail_means(scores),
+        local = {**rollout.stats, **update, **numeric_detail_means(scores),
                  "time_generate": t1 - t0, "time_reward_wait": t2 - t1, "time_update": t3 - t2}
         if self.ctx.is_main and step in (1, self.spec.steps):
             self._write_samples(step, rollout, scores)
-        record = reduce_record(local, scores.total)
+        record = {**reduce_record(local), **rewards.metrics()}
         seconds = time.perf_counter() - t0
         record.update(step=step, total_steps=self.spec.steps, time=time.time(),
                       step_seconds=seconds, time_other=max(0.0, seconds - (t3 - t0)),
@@ -290,10 +361,11 @@ class TrainingLoop:
         names = describe(rollout) if describe else [""] * len(rollout.audio)
         folder = self.out / "samples" / f"step-{step:06d}"
         for i, (audio, name) in enumerate(zip(rollout.audio, names, strict=True)):
-            write_wav(folder / f"{i:02d}-reward{scores.total[i]:.3f}.wav", audio)
+            reward = "unscorable" if np.isnan(scores.total[i]) else f"{scores.total[i]:.3f}"
+            write_wav(folder / f"{i:02d}-reward{reward}.wav", audio)
             if name:
                 with open(folder / "programs.txt", "a") as f:
-                    f.write(f"{i:02d}\t{scores.total[i]:.3f}\t{name}\n")
+                    f.write(f"{i:02d}\t{reward}\t{name}\n")
 
     def _log(self, record: Record) -> None:
         if self.metrics is not None:
@@ -301,9 +373,12 @@ class TrainingLoop:
         if self.exporter is not None:
             self.exporter.update(record)
         if self.ctx.is_main:
-            log.info("step %d/%d reward %.3f±%.3f kl %.4f loss %.4f %.1fs", record["step"],
-                     record["total_steps"], record["reward_mean"], record["reward_std"],
-                     record.get("kl", 0.0), record.get("loss", 0.0), record["step_seconds"])
+            log.info("step %d/%d reward %s±%s kl %s loss %s unscorable %.0f%% %.1fs%s",
+                     record["step"], record["total_steps"], _figure(record["reward_mean"], 3),
+                     _figure(record["reward_std"], 3), _figure(record.get("kl"), 4),
+                     _figure(record.get("loss"), 4), 100 * record["reward_unscorable"],
+                     record["step_seconds"],
+                     " (update skipped)" if record.get("skipped_unscorable") else "")
 
     # ------------------------------------------------------------------ end
 
@@ -317,6 +392,11 @@ class TrainingLoop:
         window = max(1, min(self.sampler.steps_per_epoch, len(records) // 3))
         write_summary(self.out / "summary.json", summarize(records, window))
         plot_rewards(records, self.out / "reward_curve.png", window)
+
+
+def _figure(value: float | None, digits: int) -> str:
+    """A figure for the log line; "n/a" for one that could not be computed this step."""
+    return "n/a" if value is None else f"{value:.{digits}f}"
 
 
 def seed_everything(seed: int) -> None:

@@ -1,7 +1,9 @@
 """Step metrics: the JSONL log, the Prometheus endpoint, the summary and the reward curve.
 
 Only rank 0 writes. metrics.jsonl has one JSON object per step, each step exactly once:
-on resume the lines past the checkpoint are dropped before training continues.
+on resume the lines past the checkpoint are dropped before training continues. JSON has no
+NaN: a figure that could not be computed (no scorable sample) is written as null, and a
+Prometheus gauge shows NaN, which the operator's scrape leaves out of the status.
 """
 
 from __future__ import annotations
@@ -36,7 +38,27 @@ GAUGES = {
     "rlaif_samples_per_second": ("samples_per_second", "Samples generated and scored per "
                                                        "second, all ranks."),
     "rlaif_last_checkpoint_step": ("last_checkpoint_step", "Step of the newest checkpoint."),
+    "rlaif_reward_unscorable": ("reward_unscorable", "Share of the last step's samples that "
+                                                     "could not be scored (NaN total)."),
+    "rlaif_update_skipped": ("skipped", "1 when the last step did not update the policy (no "
+                                        "reward spread, or mostly unscorable samples)."),
 }
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` with every non-finite float (NaN, inf) replaced by None, recursively."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
+
+
+def dumps(value: Any, **kwargs: Any) -> str:
+    """Strict JSON (null for a figure that could not be computed): every reader parses it."""
+    return json.dumps(json_safe(value), allow_nan=False, **kwargs)
 
 
 class MetricsLog:
@@ -63,13 +85,13 @@ class MetricsLog:
         for rec in self.records():
             if isinstance(rec.get("step"), int) and rec["step"] <= step:
                 kept.setdefault(rec["step"], rec)
-        text = "".join(json.dumps(kept[s]) + "\n" for s in sorted(kept))
+        text = "".join(dumps(kept[s]) + "\n" for s in sorted(kept))
         atomic_write_text(self.path, text)
 
     def append(self, record: Record) -> None:
         new = not self.path.exists()
         with open(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+            f.write(dumps(record) + "\n")
             f.flush()
             os.fsync(f.fileno())
         if new:
@@ -87,17 +109,23 @@ class PrometheusExporter:
                        for name, (key, doc) in GAUGES.items()}
         self.by_reward = Gauge("rlaif_reward_mean_by_name", "Mean score of one reward [0, 1].",
                                ["reward"], registry=self.registry)
+        self.unscorable_by_reward = Gauge(
+            "rlaif_reward_unscorable_by_name", "Share of the last step's samples one reward "
+            "could not score.", ["reward"], registry=self.registry)
         self.phase = Gauge("rlaif_step_phase_seconds", "Step-time breakdown of the last step.",
                            ["phase"], registry=self.registry)
         self.server, self.thread = start_http_server(port, registry=self.registry)
 
     def update(self, record: Record) -> None:
+        """Set every gauge the record has; a None figure shows as NaN (not the stale value)."""
         for key, gauge in self.gauges.items():
-            if isinstance(record.get(key), (int, float)):
-                gauge.set(record[key])
+            if key in record:
+                gauge.set(_gauge_value(record[key]))
+        by_name = {"reward": self.by_reward, "reward_unscorable": self.unscorable_by_reward}
         for key, value in record.items():
-            if key.startswith("reward/") and key.count("/") == 1:
-                self.by_reward.labels(reward=key.split("/", 1)[1]).set(value)
+            prefix, _, name = key.partition("/")
+            if prefix in by_name and name and "/" not in name:
+                by_name[prefix].labels(reward=name).set(_gauge_value(value))
         for phase in PHASES:
             self.phase.labels(phase=phase).set(record.get(f"time_{phase}", 0.0))
 
@@ -106,9 +134,17 @@ class PrometheusExporter:
         self.server.server_close()
 
 
+def _gauge_value(value: Any) -> float:
+    return float(value) if isinstance(value, (int, float)) else math.nan
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
 def window_mean(records: list[Record], key: str, first: bool, n: int) -> float | None:
-    """Mean of ``key`` over the first (or last) ``n`` records that have it."""
-    values = [r[key] for r in records if isinstance(r.get(key), (int, float))]
+    """Mean of ``key`` over the first (or last) ``n`` records that have a finite value."""
+    values = [r[key] for r in records if _finite(r.get(key))]
     part = values[:n] if first else values[-n:]
     return float(sum(part) / len(part)) if part else None
 
@@ -129,12 +165,13 @@ def summarize(records: list[Record], window: int = 5) -> Record:
                                            "last": window_mean(records, k, False, window)}
                       for k in reward_keys},
         "time_breakdown": {p: sum(r.get(f"time_{p}", 0.0) for r in records) for p in PHASES},
+        "steps_skipped_unscorable": sum(1 for r in records if r.get("skipped_unscorable")),
     }
     return summary
 
 
 def write_summary(path: Path, summary: Record) -> None:
-    atomic_write_text(path, json.dumps(summary, indent=1))
+    atomic_write_text(path, dumps(summary, indent=1))
 
 
 def plot_rewards(records: Iterable[Record], path: Path, window: int = 1) -> None:
@@ -149,14 +186,13 @@ def plot_rewards(records: Iterable[Record], path: Path, window: int = 1) -> None
     records = list(records)
     steps = [r["step"] for r in records]
     fig, ax = plt.subplots(figsize=(7, 4))
-    totals = [r.get("reward_mean", math.nan) for r in records]
+    totals = curve(records, "reward_mean")
     ax.plot(steps, totals, lw=2, label="total")
     if window > 1 and len(records) >= window:
-        moving = np.convolve(totals, np.ones(window) / window, mode="valid")
-        ax.plot(steps[window - 1:], moving, "k--", lw=2, label=f"total, mean of {window} steps")
+        ax.plot(steps[window - 1:], moving_mean(totals, window), "k--", lw=2,
+                label=f"total, mean of {window} steps")
     for key in sorted({k for r in records for k in r if k.startswith("reward/")}):
-        ax.plot(steps, [r.get(key, math.nan) for r in records], lw=1, alpha=0.8,
-                label=key.split("/", 1)[1])
+        ax.plot(steps, curve(records, key), lw=1, alpha=0.8, label=key.split("/", 1)[1])
     ax.set_xlabel("step")
     ax.set_ylabel("reward")
     ax.grid(alpha=0.3)
@@ -166,3 +202,19 @@ def plot_rewards(records: Iterable[Record], path: Path, window: int = 1) -> None
     fig.savefig(tmp, dpi=100)
     plt.close(fig)
     os.replace(tmp, path)
+
+
+def curve(records: list[Record], key: str) -> np.ndarray:
+    """``key`` per record as floats; a missing or null figure (a step with no scorable
+    sample) is NaN, which matplotlib draws as a gap."""
+    return np.array([float(r[key]) if _finite(r.get(key)) else math.nan for r in records])
+
+
+def moving_mean(values: np.ndarray, window: int) -> np.ndarray:
+    """Mean of each ``window`` consecutive values, over those that are finite (NaN if none)."""
+    finite = np.isfinite(values)
+    kernel = np.ones(window)
+    sums = np.convolve(np.where(finite, values, 0.0), kernel, mode="valid")
+    counts = np.convolve(finite.astype(float), kernel, mode="valid")
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(counts > 0, sums / np.maximum(counts, 1), math.nan)

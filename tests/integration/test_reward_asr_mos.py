@@ -45,6 +45,8 @@ def test_asr_scores_clear_speech_above_damaged_or_mismatched(client, clean) -> N
         assert asr["clean"] > asr[bad] + 0.5, (bad, asr)
     for (_, text), details in zip(variants.values(), scores.details["asr"], strict=True):
         ref, hyp = normalize_text(text), normalize_text(details["transcript"])
+        assert details["reference"] == text  # the raw texts, and what WER compared
+        assert (details["normalizedReference"], details["normalizedTranscript"]) == (ref, hyp)
         assert details["wer"] == pytest.approx(jiwer.wer(ref, hyp))
         assert details["cer"] == pytest.approx(jiwer.cer(ref, hyp))
 

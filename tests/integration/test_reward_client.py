@@ -86,16 +86,18 @@ def test_submit_overlaps_and_concat_matches_one_call(servers, speech) -> None:
     assert empty.ids == [] and empty.per_reward["a"].shape == (0,)
 
 
-def test_rejected_items_score_zero_and_are_counted(servers, speech) -> None:
+def test_items_a_server_cannot_score_are_nan_not_zero_and_are_counted(servers, speech) -> None:
     endpoint = [RewardEndpoint(name="a", url=servers[0].url, weight=2.0)]
-    batch = items(speech, 2)
+    batch = items(speech, 3)
     batch[1].labels = {"structure": "Question"}  # nothing the acoustic judge can score
     with RewardClient(endpoint) as client:
         scores = client.score(batch)
     assert scores.errors == {"a": 1}
-    assert scores.per_reward["a"][1] == 0.0 and scores.total[1] == 0.0
+    assert np.isnan(scores.per_reward["a"][1]) and np.isnan(scores.total[1])
+    assert scores.unscorable.tolist() == [False, True, False]
     assert scores.total[0] == pytest.approx(2.0 * scores.per_reward["a"][0]) and scores.total[0] > 0
     assert "items[1].labels" in scores.details["a"][1]["error"]
+    assert scores.first_error("a") == scores.details["a"][1]["error"]
 
 
 def test_retries_until_a_briefly_down_server_comes_up(speech) -> None:

@@ -119,3 +119,17 @@ def test_bad_settings_name_the_field(model_dir, tmp_path) -> None:
     check_spec(DLPOSpec(objective="ddpo"), zero_stage=2, has_ground_truth=False)
     with pytest.raises(ValueError, match=r"spec\.policy\.lora\.targetModules: .*q_proj"):
         apply_lora(load_model(model_dir), LoraSpec(target_modules=["q_proj"]))
+
+
+@pytest.mark.parametrize("objective", ["ddpo", "rwr"])
+def test_an_unscorable_sample_leaves_the_update_finite(model_dir, tmp_path, objective) -> None:
+    algo = make(model_dir, tmp_path, objective=objective)
+    before = weights(algo.net)
+    rollout = algo.rollout(PROMPTS)
+    rewards = quietness(rollout.audio)
+    rewards[1] = np.nan  # the reward server could not score sample 1
+    stats = algo.update(rollout, rewards)
+    assert all(np.isfinite(v) for v in stats.values()), stats
+    after = weights(algo.net)
+    assert all(torch.isfinite(p).all() for p in after.values())
+    assert any(not torch.equal(p, before[n]) for n, p in after.items())

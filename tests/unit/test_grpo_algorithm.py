@@ -74,3 +74,19 @@ def test_update_trains_only_lora_and_skips_tied_groups(algorithm: GRPOAlgorithm,
 
     algorithm.load_state(tmp_path)
     assert all(torch.equal(before[k], v) for k, v in weights(algorithm).items())
+
+
+def test_unscorable_samples_train_nothing_and_poison_nothing(algorithm: GRPOAlgorithm) -> None:
+    nan = float("nan")
+    rollout = algorithm.rollout(PROMPTS)
+    before = weights(algorithm)
+    stats = algorithm.update(rollout, np.full(8, nan))  # no group has two scorable samples
+    assert stats["skipped"] == 1.0 and stats["zero_variance_groups"] == 1.0
+    assert all(torch.equal(before[k], v) for k, v in weights(algorithm).items())
+
+    stats = algorithm.update(rollout, np.array([0.1, nan, 0.9, nan, nan, nan, nan, 0.5]))
+    assert stats["skipped"] == 0.0 and stats["zero_variance_groups"] == 0.5
+    assert all(np.isfinite(stats[k]) for k in ("loss", "kl", "clip_fraction", "param_norm"))
+    after = weights(algorithm)
+    assert all(torch.isfinite(v).all() for v in after.values())
+    assert any(not torch.equal(before[k], after[k]) for k in before)

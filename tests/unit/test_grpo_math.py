@@ -44,6 +44,38 @@ def test_zero_variance_group_gets_zero_advantages_not_noise() -> None:
     assert zero_variance_groups(rewards).tolist() == [True, False]
 
 
+NAN = float("nan")
+
+
+def test_unscorable_samples_get_zero_advantage_and_stay_out_of_group_statistics() -> None:
+    # scorable [1, 3]: mean 2, unbiased std sqrt(2) = 1.41421 -> -/+ 0.707107 (TRL's
+    # nanmean/nanstd); a reward of 0 in their place would give mean 1, std 1.41421 instead
+    adv = group_advantages(torch.tensor([[1.0, NAN, 3.0, NAN]]))
+    assert close(adv, [[-0.707107, 0.0, 0.707107, 0.0]])
+    centred = group_advantages(torch.tensor([[1.0, NAN, 3.0, 5.0]]), scale=False)
+    assert close(centred, [[-2.0, 0.0, 0.0, 2.0]])
+
+
+def test_groups_with_fewer_than_two_scorable_samples_carry_no_signal() -> None:
+    rewards = torch.tensor([[NAN, NAN, NAN, NAN], [NAN, 0.9, NAN, NAN], [0.4, NAN, 0.4, 0.4],
+                            [0.1, NAN, 0.9, NAN]])
+    for scale in (True, False):
+        adv = group_advantages(rewards, scale=scale)
+        assert torch.isfinite(adv).all()
+        assert torch.equal(adv[:3], torch.zeros(3, 4)) and adv[3].abs().sum() > 0
+    assert zero_variance_groups(rewards).tolist() == [True, True, True, False]
+
+
+def test_loss_stays_finite_with_unscorable_samples() -> None:
+    advantages = group_advantages(torch.tensor([[0.2, NAN, 0.8, NAN]]))[0]
+    logp = torch.log(torch.full((4, 3), 0.5)).requires_grad_()
+    loss, _ = grpo_loss(logp, logp.detach(), None, advantages, torch.ones(4, 3),
+                        GRPOLossConfig(kl_coef=0.0))
+    loss.backward()
+    assert logp.grad is not None and torch.isfinite(logp.grad).all()
+    assert torch.equal(logp.grad[1], torch.zeros(3)) and logp.grad[0].abs().sum() > 0
+
+
 def test_k3_kl_hand_value_and_zero_at_equality() -> None:
     # d = log(0.25) - log(0.5) = -ln 2; exp(d) - d - 1 = 0.5 + 0.693147 - 1 = 0.193147
     kl = k3_kl(torch.log(torch.tensor([0.5, 0.3])), torch.log(torch.tensor([0.25, 0.3])))

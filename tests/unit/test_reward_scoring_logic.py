@@ -6,7 +6,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+from pathlib import Path
 
+import jiwer
 import numpy as np
 import pytest
 
@@ -14,7 +16,7 @@ from rlaif.api.labels import LabelSchema
 from rlaif.audio import encode_pcm16
 from rlaif.rewards.acoustic import count_syllables, is_rising, rate_score
 from rlaif.rewards.batcher import MicroBatcher
-from rlaif.rewards.judge import alignment, judge_prompt, parse_judgement
+from rlaif.rewards.judge import LlmJudge, alignment, judge_prompt, parse_judgement
 from rlaif.rewards.protocol import ItemError, Limits, RequestError, parse_request
 from rlaif.rewards.scoring import ScoreInput, ScoreResult
 from rlaif.rewards.text import normalize_text
@@ -22,16 +24,44 @@ from rlaif.rewards.text import normalize_text
 SCHEMA = LabelSchema()
 
 
-@pytest.mark.parametrize(("text", "expected"), [
-    ("Twenty-one  Apples, please!", "21 apples please"),
-    ("I have ninety nine problems and one solution.", "i have 99 problems and 1 solution"),
-    ("Don't STOP", "dont stop"),
-    ("thirty", "30"),
-    ("forty zero", "40 0"),
-    ("  ", ""),
+@pytest.mark.parametrize(("reference", "transcript"), [
+    ("the 21st century", "the twenty first century"),  # ordinals
+    ("She finished second.", "she finished 2nd"),
+    ("Twenty-one apples, please!", "21 apples please"),  # numbers
+    ("one hundred and one dalmatians", "101 Dalmatians"),
+    ("It costs five dollars.", "It costs $5."),
+    ("OK, colour.", "Okay, color."),  # British/American spelling and variants
+    ("We are organising the centre.", "we are organizing the center"),
+    ("I can't come, we're late.", "I cannot come, we are late"),  # contractions
+    ("Don't STOP", "do not stop"),
+    ("Mr. Smith arrived.", "Mister Smith arrived"),
+    ("HELLO, World!", "hello world"),  # casing and punctuation
+    ("Wait -- what? (Really.)", "wait what"),
+    ("Um, the door is open.", "the door is open"),  # fillers
+    ("I see...", "I see."),  # an ellipsis leaves no stray "." word
 ])
-def test_normalize_text(text: str, expected: str) -> None:
-    assert normalize_text(text) == expected
+def test_wer_ignores_how_the_same_words_are_written(reference: str, transcript: str) -> None:
+    ref, hyp = normalize_text(reference), normalize_text(transcript)
+    assert ref and jiwer.wer(ref, hyp) == 0.0, (ref, hyp)
+
+
+@pytest.mark.parametrize(("reference", "transcript", "wer"), [
+    ("the 21st century", "the twenty second century", 1 / 3),
+    ("She finished second.", "she finished third", 1 / 3),
+    ("one hundred and one dalmatians", "one hundred and two dalmatians", 1 / 2),
+    ("OK, colour.", "Okay, collar.", 1 / 2),
+    ("I can come.", "I can't come.", 1 / 3),  # "can not": one word inserted
+    ("Close the door.", "Open the door.", 1 / 3),
+    ("It costs five dollars.", "It costs five pounds.", 1 / 3),
+])
+def test_wer_counts_words_that_really_differ(reference: str, transcript: str,
+                                             wer: float) -> None:
+    assert jiwer.wer(normalize_text(reference), normalize_text(transcript)) == pytest.approx(wer)
+
+
+@pytest.mark.parametrize("text", ["  ", "?!", "Hmm, um..."])
+def test_text_with_no_words_normalises_to_nothing(text: str) -> None:
+    assert normalize_text(text) == ""  # the asr scorer's check rejects such an item
 
 
 def test_judge_prompt_lists_every_allowed_value() -> None:
@@ -69,6 +99,17 @@ def test_garbage_answers_give_no_labels_and_a_reason(answer: str) -> None:
     assert problem is not None and "no label values" in problem
     assert set(predicted.values()) == {None}
     assert alignment({"emotion": "Neutral"}, predicted) == {"emotion": 0.0}
+
+
+def test_an_unusable_judge_answer_is_an_item_error_not_a_zero() -> None:
+    judge = LlmJudge(Path("unused"), "cpu", SCHEMA)  # judge() parses; no model needed
+    item = ScoreInput("s1", np.zeros(1600, np.float32), labels={"emotion": "Neutral",
+                                                                "intonation": "Declarative"})
+    failed = judge.judge(item, "I cannot tell.")
+    assert failed.error is not None and "judge answer unusable" in failed.error
+    assert "no label values" in failed.error and "I cannot tell." in failed.error
+    scored = judge.judge(item, '{"Emotion": "Neutral", "Tone": "Interrogative"}')
+    assert scored.error is None and scored.score == 0.5  # a wrong label is still a score
 
 
 def test_rate_score_prefers_the_target_class() -> None:
