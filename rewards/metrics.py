@@ -7,6 +7,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 PREFIX = "rlaif_reward"
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+CLIENT_CLOSED = 499  # the status counted (nginx's convention) when a client hangs up
 
 
 class ServerMetrics:
@@ -17,7 +18,8 @@ class ServerMetrics:
         r = self.registry
         self.info = Gauge(f"{PREFIX}_server_info", "Reward kind served.", ["kind"], registry=r)
         self.info.labels(kind=kind).set(1)
-        self.requests = Counter(f"{PREFIX}_requests_total", "Score requests by HTTP status.",
+        self.requests = Counter(f"{PREFIX}_requests_total",
+                                "Requests other than probes by HTTP status (499: client hung up).",
                                 ["status"], registry=r)
         self.items = Counter(f"{PREFIX}_items_total", "Items by outcome (ok or error).",
                              ["status"], registry=r)
@@ -29,6 +31,11 @@ class ServerMetrics:
                                        buckets=LATENCY_BUCKETS, registry=r)
         self.queue_depth = Gauge(f"{PREFIX}_queue_depth", "Items waiting for a batch.",
                                  registry=r)
+        self.scoring = Gauge(f"{PREFIX}_scoring", "1 while the model scores a batch.", registry=r)
+        self.queued_audio_seconds = Gauge(f"{PREFIX}_queued_audio_seconds",
+                                          "Audio admitted and not yet scored.", registry=r)
+        self.reading_bytes = Gauge(f"{PREFIX}_reading_bytes",
+                                   "Request bytes being read or parsed.", registry=r)
         self.audio_seconds = Counter(f"{PREFIX}_audio_seconds_total",
                                      "Seconds of audio scored.", registry=r)
         self.load_seconds = Gauge(f"{PREFIX}_model_load_seconds",

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from rlaif.constants import SAMPLE_RATE
+from rlaif.rewards.protocol import Limits
 from rlaif.rewards.scoring import ScoreInput, ScoreResult, clip01
 
 WINDOW_SECONDS = 9.01  # DNSMOS's input length
@@ -20,6 +21,9 @@ PRIMARY = "sig_bak_ovr.onnx"
 P808 = "model_v8.onnx"
 CPU_ONNX_BATCH = 4
 GPU_ONNX_BATCH = 64
+# A clip of s > 9 seconds is s - 8 windows of 9 s: work grows ninefold per second of audio
+# past one window, so a mos request carries half the audio of other kinds' (64 clips of 7.5 s).
+LIMITS = Limits(max_request_audio_seconds=480.0)
 
 
 def model_files(model_dir: Path) -> tuple[Path, Path]:

@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from rlaif import __version__
+from rlaif.constants import REWARD_MAX_QUEUED_AUDIO_SECONDS
 
 
 def _validate(args: argparse.Namespace) -> int:
@@ -118,6 +119,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--max-batch", type=int, default=16)
     p.add_argument("--max-wait-ms", type=float, default=10.0)
+    p.add_argument("--max-queue-seconds", type=float, default=REWARD_MAX_QUEUED_AUDIO_SECONDS,
+                   help="audio admitted but not yet scored; past it requests get 503")
+    p.add_argument("--read-timeout-s", type=float, default=60.0,
+                   help="time a client has to send a whole body (then 408)")
+    p.add_argument("--shutdown-grace-s", type=float, default=10.0,
+                   help="after SIGTERM, time the batch in progress has to finish")
     p.add_argument("--label-schema", default=None, metavar="FILE",
                    help="YAML/JSON label schema (default: RLAIF-SPA's lists)")
     p.set_defaults(func=_lazy("rlaif.rewards.server:serve_command"))

@@ -53,6 +53,11 @@ SAMPLE_RATE = 16000
 REWARD_MAX_ITEMS = 64
 REWARD_MAX_BODY_BYTES = 32 * 1024 * 1024
 REWARD_MAX_AUDIO_SECONDS = 60.0
+REWARD_MAX_REQUEST_AUDIO_SECONDS = 960.0
+# Server-wide backpressure: audio admitted but not yet scored, and request bodies being read
+# or parsed at once; past either a request gets 503 with Retry-After.
+REWARD_MAX_QUEUED_AUDIO_SECONDS = 1920.0
+REWARD_MAX_READING_BYTES = 4 * REWARD_MAX_BODY_BYTES
 
 # Model references that need no mounted volume (see rlaif/modelref.py).
 BUILTIN_SCHEME = "builtin:"
@@ -66,3 +71,7 @@ COND_RUNNING = "Running"
 COND_SUCCEEDED = "Succeeded"
 COND_FAILED = "Failed"
 COND_SUSPENDED = "Suspended"
+
+# Trainer exit code for a configuration it refuses: restarting the gang cannot help, so the
+# operator fails the job at once (its Job's podFailurePolicy fails the Job on it too).
+EXIT_INVALID_CONFIG = 2

@@ -193,37 +193,68 @@ def write_trainer_config(job: RLAIFJob, job_path: Path, out: Path,
 # --------------------------------------------------------------------------- progress
 
 
-def follow_metrics(path: Path) -> Iterator[dict]:
-    """New complete lines of metrics.jsonl since the last call (a generator to poll)."""
-    offset = 0
+def follow_metrics(path: Path, after_step: int = 0) -> Iterator[dict]:
+    """New complete lines of metrics.jsonl with a step past ``after_step`` (a generator to
+    poll). What the file holds at the start is skipped: on a resume the trainer first
+    rewrites it (a new file) without the steps past its checkpoint, then appends."""
+    offset, inode = _size_and_inode(path)
     while True:
         records = []
-        if path.exists():
+        size, current = _size_and_inode(path)
+        if current != inode or size < offset:  # rewritten or truncated: read it afresh
+            offset, inode = 0, current
+        if size > offset:
             with open(path, "rb") as f:
-                if f.seek(0, os.SEEK_END) < offset:  # truncated on resume
-                    offset = 0
                 f.seek(offset)
                 data = f.read()
             end = data.rfind(b"\n") + 1
             offset += end
-            records = [json.loads(line) for line in data[:end].splitlines() if line.strip()]
+            records = [r for line in data[:end].splitlines() if line.strip()
+                       if (r := json.loads(line)).get("step", 0) > after_step]
         yield from records
         yield {}
+
+
+def _size_and_inode(path: Path) -> tuple[int, int]:
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
+        return 0, 0
+    return stat.st_size, stat.st_ino
+
+
+def newest_checkpoint(out: Path) -> tuple[int, Path] | None:
+    """(step, path) of the newest complete checkpoint under ``out``: where a rerun resumes."""
+    from rlaif.trainer.checkpoint import complete_checkpoints
+
+    found = complete_checkpoints(out / "checkpoints")
+    return found[-1] if found else None
+
+
+def resume_note(out: Path, every_steps: int) -> str:
+    """What running the same command again does, for the message of a failed run."""
+    found = newest_checkpoint(out)
+    if found is None:
+        return (f"no checkpoint yet (one is written every {every_steps} steps): running the "
+                f"same command again starts from step 0")
+    return (f"running the same command again resumes from step {found[0]} "
+            f"(checkpoint {found[1]})")
 
 
 class Progress:
     """A tqdm bar (step/total, reward, ETA) or plain lines."""
 
-    def __init__(self, total: int, plain: bool) -> None:
+    def __init__(self, total: int, plain: bool, start: int = 0) -> None:
         self.plain = plain
         self.bar = None
         if not plain:
             from tqdm import tqdm
 
-            self.bar = tqdm(total=total, unit="step", dynamic_ncols=True)
+            self.bar = tqdm(total=total, initial=start, unit="step", dynamic_ncols=True)
 
     def update(self, record: dict) -> None:
-        reward = f"{record['reward_mean']:.3f}"
+        mean = record.get("reward_mean")  # null when no sample of the step could be scored
+        reward = "n/a" if mean is None else f"{mean:.3f}"
         if self.bar is not None:
             self.bar.n = record["step"]
             self.bar.set_postfix(reward=reward, kl=f"{record.get('kl', 0):.4f}", refresh=False)
@@ -237,10 +268,12 @@ class Progress:
             self.bar.close()
 
 
-def supervise(trainer: Child, servers: list[Child], out: Path, total: int, plain: bool) -> int:
-    """Follow the trainer until it exits; Ctrl-C asks it to checkpoint and stop."""
-    progress = Progress(total, plain)
-    metrics = follow_metrics(out / "metrics.jsonl")
+def supervise(trainer: Child, servers: list[Child], out: Path, total: int, plain: bool,
+              start: int = 0) -> int:
+    """Follow the trainer (from step ``start`` on a resume) until it exits; Ctrl-C asks it
+    to checkpoint and stop."""
+    progress = Progress(total, plain, start)
+    metrics = follow_metrics(out / "metrics.jsonl", start)
     interrupted = False
     try:
         while trainer.alive():
@@ -281,6 +314,7 @@ def run(job_path: Path, out: Path | None = None, steps: int | None = None,
     out.mkdir(parents=True, exist_ok=True)
     (out / "STOP").unlink(missing_ok=True)
     children: list[Child] = []
+    resumed = newest_checkpoint(out)
     try:
         servers, endpoints = start_reward_servers(job, out)
         children += servers
@@ -290,13 +324,20 @@ def run(job_path: Path, out: Path | None = None, steps: int | None = None,
         ranks_n = job.spec.trainer.processes_per_node
         print(f"training {job.metadata.name}: {job.spec.steps} steps on {ranks_n} rank(s); "
               f"output in {out}", flush=True)
+        if resumed is not None:
+            print(f"resuming from step {resumed[0]} (checkpoint {resumed[1]}); earlier steps "
+                  f"stay in {out / 'metrics.jsonl'}", flush=True)
         env = {k: v for k, v in os.environ.items()
                if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE")}
         env["MASTER_PORT"] = str(free_port())
         trainer = spawn("trainer", [sys.executable, "-m", "rlaif.cli", "train", "--config",
                                     str(config)], out / "logs" / "trainer.log", env)
         children.append(trainer)
-        code = supervise(trainer, servers, out, job.spec.steps, plain)
+        code = supervise(trainer, servers, out, job.spec.steps, plain,
+                         resumed[0] if resumed else 0)
+    except RunError as exc:
+        raise RunError(f"{exc}\n{resume_note(out, job.spec.checkpoint.every_steps)}",
+                       exc.code) from None
     finally:
         for child in reversed(children):
             child.stop()

@@ -145,16 +145,25 @@ class LabelSchema(Model):
             raise ValueError(f"{path}: {where}: {err['msg']}") from None
 
 
-_ANSWER_LINE = re.compile(r"^\W*(?:\d+\s*[.)]\s*)?([A-Za-z][A-Za-z _-]*?)\s*[:=]\s*(.+?)\W*$")
+# No lazy group before an optional tail: the match stays linear in the line's length.
+_ANSWER_LINE = re.compile(r"^\W*(?:\d+\s*[.)]\s*)?([A-Za-z][A-Za-z _-]*)[:=](.+)$")
 
 
 def answer_lines(text: str) -> dict[str, str]:
     """"Name: value" lines of ``text`` whose name is a label dimension (numbering, quotes and
     punctuation dropped)."""
     known = {alias for aliases in ANSWER_KEYS.values() for alias in aliases}
-    return {m.group(1): m.group(2).strip(" \"'") for line in text.splitlines()
+    return {m.group(1).strip(): _answer_value(m.group(2)) for line in text.splitlines()
             if (m := _ANSWER_LINE.match(line.strip()))
             and re.sub(r"[\s_-]", "", m.group(1)).lower() in known}
+
+
+def _answer_value(raw: str) -> str:
+    """The value with trailing punctuation, surrounding spaces and quotes dropped."""
+    end = len(raw)
+    while end and not (raw[end - 1].isalnum() or raw[end - 1] == "_"):
+        end -= 1
+    return raw[:end].strip(" \"'")
 
 
 def first_json_object(text: str) -> dict | None:
@@ -165,6 +174,8 @@ def first_json_object(text: str) -> dict | None:
             obj, _ = decoder.raw_decode(text, match.start())
         except json.JSONDecodeError:
             continue
+        except RecursionError:  # nested past any answer's shape: nothing usable in it
+            return None
         if isinstance(obj, dict):
             return obj
     return None

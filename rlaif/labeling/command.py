@@ -11,6 +11,7 @@ import asyncio
 import logging
 import os
 import sys
+import time
 from pathlib import Path
 
 from tqdm import tqdm
@@ -100,6 +101,9 @@ async def _run(todo: list[str], writer: PromptsWriter, schema: LabelSchema,
     client = make_client(args)
     bar = tqdm(total=len(todo), unit="sentence", file=sys.stderr, dynamic_ncols=True,
                mininterval=1.0 if sys.stderr.isatty() else 30.0)
+    if isinstance(client, OpenAIChat):  # a long rate-limit pause shows on the bar
+        client.on_wait = lambda seconds: bar.set_postfix_str(
+            f"rate limited at {time.strftime('%H:%M:%S')}: waiting {seconds:.0f} s")
     try:
         return await label_all(todo, writer, client, schema, retries=args.retries,
                                concurrency=args.concurrency, advance=bar.update)

@@ -13,6 +13,7 @@ import json
 import logging
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -30,8 +31,14 @@ RETRY_STATUSES = frozenset({408, 409, 429})
 FATAL_STATUSES = {401: "unauthorised: check the API key variable",
                   403: "forbidden: the key may not use this model",
                   404: "not found: check --endpoint (base URL, e.g. .../v1) and --model"}
-# Never sleep longer than this for one Retry-After, whatever the server asks.
+# Never sleep longer than this for one Retry-After, whatever the server asks; waits past
+# LONG_WAIT_S are logged (and shown by the progress bar through ``on_wait``).
 MAX_RETRY_AFTER_S = 600.0
+LONG_WAIT_S = 30.0
+# A chat completion of a few labels is a few kB; a larger response is refused unread.
+MAX_RESPONSE_BYTES = 1 << 20
+# Only this much of an answer is parsed: label answers are short, and parsing stays cheap.
+MAX_ANSWER_CHARS = 8000
 
 
 class ChatClient(Protocol):
@@ -90,7 +97,8 @@ class OpenAIChat:
 
     def __init__(self, endpoint: str, model: str, api_key: str | None, *,
                  timeout_s: float = 60.0, policy: RetryPolicy | None = None,
-                 max_tokens: int = 200) -> None:
+                 max_tokens: int = 200,
+                 on_wait: Callable[[float], None] = lambda seconds: None) -> None:
         base = endpoint.rstrip("/")
         self.url = base if base.endswith("/chat/completions") else base + "/chat/completions"
         self.model, self.max_tokens = model, max_tokens
@@ -99,6 +107,7 @@ class OpenAIChat:
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
         self._session: aiohttp.ClientSession | None = None
         self._paused_until = 0.0
+        self.on_wait = on_wait
 
     async def complete(self, messages: Messages) -> str:
         body = {"model": self.model, "messages": messages, "temperature": 0,
@@ -111,7 +120,7 @@ class OpenAIChat:
             except _Retry as exc:
                 problem, delay = str(exc), self.policy.delay(attempt, exc.retry_after)
                 if exc.retry_after is not None:  # pause every worker, not just this one
-                    self._paused_until = max(self._paused_until, time.monotonic() + delay)
+                    self._pause(exc.retry_after, delay)
                     delay = 0.0
             except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
                 problem = f"{type(exc).__name__}: {exc}".rstrip(": ")
@@ -119,7 +128,18 @@ class OpenAIChat:
             log.debug("attempt %d of %d failed: %s", attempt + 1, self.policy.retries + 1, problem)
             if attempt < self.policy.retries:
                 await asyncio.sleep(delay)
-        raise EndpointError(f"{problem} (after {self.policy.retries + 1} attempts)")
+        raise EndpointError(f"{self.url}: {problem} (after {self.policy.retries + 1} attempts)")
+
+    def _pause(self, asked: float, delay: float) -> None:
+        """Pause every request until ``delay`` from now; long waits are said out loud."""
+        until = time.monotonic() + delay
+        if until <= self._paused_until:
+            return
+        self._paused_until = until
+        if delay >= LONG_WAIT_S:
+            capped = f" (asked {asked:.0f} s, capped)" if asked > delay else ""
+            log.warning("%s: rate limited, every request waits %.0f s%s", self.url, delay, capped)
+            self.on_wait(delay)
 
     async def _wait_for_pause(self) -> None:
         while (left := self._paused_until - time.monotonic()) > 0:
@@ -129,7 +149,7 @@ class OpenAIChat:
         if self._session is None:
             self._session = aiohttp.ClientSession(timeout=self._timeout, headers=self._headers)
         async with self._session.post(self.url, json=body) as resp:
-            text = await resp.text()
+            text = await _read_text(resp, self.url)
             if resp.status in FATAL_STATUSES:
                 raise EndpointUnusable(f"{self.url}: HTTP {resp.status} "
                                        f"{FATAL_STATUSES[resp.status]} ({text[:200]})")
@@ -137,7 +157,7 @@ class OpenAIChat:
                 raise _Retry(f"HTTP {resp.status}: {text[:200]}",
                              retry_after_seconds(resp.headers.get("Retry-After")))
             if resp.status >= 400:
-                raise RequestRejected(f"endpoint rejected the request: HTTP {resp.status}: "
+                raise RequestRejected(f"{self.url} rejected the request: HTTP {resp.status}: "
                                       f"{text[:200]}")
             return _message_content(text)
 
@@ -152,13 +172,30 @@ class _Retry(Exception):
         self.retry_after = retry_after
 
 
+async def _read_text(resp: aiohttp.ClientResponse, url: str) -> str:
+    """The body as text, at most MAX_RESPONSE_BYTES (refused unread past it, retried when it
+    is not UTF-8: one bad response must not stop the run)."""
+    if (resp.content_length or 0) > MAX_RESPONSE_BYTES:
+        raise RequestRejected(f"{url}: response of {resp.content_length} bytes exceeds the "
+                              f"limit of {MAX_RESPONSE_BYTES}")
+    data = await resp.content.read(MAX_RESPONSE_BYTES + 1)
+    if len(data) > MAX_RESPONSE_BYTES:
+        raise RequestRejected(f"{url}: response exceeds the limit of {MAX_RESPONSE_BYTES} bytes")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise _Retry(f"HTTP {resp.status}: response is not UTF-8 ({exc.reason} at byte "
+                     f"{exc.start})", None) from None
+
+
 def _message_content(text: str) -> str:
-    """``choices[0].message.content`` of a chat-completions response."""
+    """``choices[0].message.content`` of a chat-completions response, at most
+    MAX_ANSWER_CHARS of it."""
     try:
         content = json.loads(text)["choices"][0]["message"]["content"]
-    except (ValueError, KeyError, IndexError, TypeError):
+    except (ValueError, KeyError, IndexError, TypeError, RecursionError):
         raise _Retry(f"response is not a chat completion: {text[:200]!r}", None) from None
-    return content if isinstance(content, str) else ""
+    return content[:MAX_ANSWER_CHARS] if isinstance(content, str) else ""
 
 
 class LocalChat:

@@ -89,6 +89,10 @@ def test_ctrl_c_checkpoints_and_a_rerun_resumes(tmp_path: Path) -> None:
     stdout, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err
     assert steps_logged(out) == list(range(1, stopped_at + 3))
+    assert stdout.count(f"resuming from step {stopped_at} (checkpoint ") == 1
+    printed = [int(line.split()[1].split("/")[0]) for line in stdout.splitlines()
+               if line.startswith("step ")]
+    assert printed == [stopped_at + 1, stopped_at + 2]  # the old steps are not re-printed
     assert "done: reward" in stdout and (out / "adapter" / "adapter_model.safetensors").exists()
 
 
@@ -104,4 +108,5 @@ def test_reward_server_dying_fails_the_run_naming_it(tmp_path: Path) -> None:
     assert proc.returncode == 1, err
     assert "reward 'alignment'" in err and "failed after" in err  # the client's retries
     assert "reward server 'alignment' exited" in err
+    assert "running the same command again" in err  # resumes, or starts over: it says which
     assert_all_gone(children)

@@ -89,7 +89,7 @@ class ServerThread:
         return self
 
     async def _start(self) -> None:
-        self._runner = web.AppRunner(self.state.make_app(), access_log=None)
+        self._runner = self.state.make_runner()
         await self._runner.setup()
         await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
 

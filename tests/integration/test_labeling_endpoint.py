@@ -52,6 +52,7 @@ class Reply:
     headers: dict[str, str] = field(default_factory=dict)
     delay_s: float = 0.0
     raw: dict | None = None  # a whole response body instead of a chat completion
+    body: bytes | None = None  # raw bytes instead of any JSON (hostile endpoints)
 
 
 @dataclass
@@ -82,6 +83,8 @@ class StandInLLM:
         replies = self.script.get(sentence, [Reply()])
         reply = replies[min(len(self.requests_for(sentence)), len(replies)) - 1]
         await asyncio.sleep(reply.delay_s or self.delay_s)
+        if reply.body is not None:
+            return web.Response(body=reply.body, content_type="application/json")
         if reply.raw is not None:
             return web.json_response(reply.raw)
         if reply.status != 200:
@@ -220,6 +223,34 @@ def test_a_response_that_is_not_a_chat_completion_is_retried(tmp_path: Path) -> 
     with serve(llm) as url:
         stats = run_label_all([odd], tmp_path / "p.jsonl", url)
     assert stats.labelled == 1 and len(llm.requests_for(odd)) == 2
+
+
+def test_hostile_responses_are_retried_or_recorded_never_a_traceback(tmp_path: Path) -> None:
+    deep, not_utf8, nested, huge = ("Deep nesting.", "Bad bytes.", "Nested answer.",
+                                    "Huge answer.")
+    llm = StandInLLM({deep: [Reply(body=b"[" * 100_000)],
+                      not_utf8: [Reply(body=b'{"choices": "\xff\xfe"}'), Reply()],
+                      nested: [Reply(content='{"a":' * 5000)],
+                      huge: [Reply(content="x" * (2 << 20))]})
+    out = tmp_path / "p.jsonl"
+    with serve(llm) as url:
+        stats = run_label_all([deep, not_utf8, nested, huge], out, url, retries=1)
+    assert (stats.labelled, stats.unlabelled, stats.failed) == (1, 2, 1)
+    assert stats.last_failure.startswith(f"{url}/chat/completions: response is not a chat")
+    assert len(llm.requests_for(not_utf8)) == 2  # retried, then labelled
+    records = {r["text"]: r for r in read_records(out, SCHEMA)}
+    assert records[not_utf8]["labels"] == GOOD
+    assert "invalid answer (2 attempts): no JSON object" in records[nested]["error"]
+    assert records[huge]["error"] == (f"{url}/chat/completions: response of 2097314 bytes "
+                                      f"exceeds the limit of 1048576")
+
+
+def test_a_long_retry_after_is_logged_and_shown(caplog) -> None:
+    waits: list[float] = []
+    client = OpenAIChat("http://127.0.0.1:9/v1", "m", None, on_wait=waits.append)
+    client._pause(100_000, RetryPolicy().delay(0, 100_000))
+    assert waits == [600.0]
+    assert "rate limited, every request waits 600 s (asked 100000 s, capped)" in caplog.text
 
 
 def test_timeouts_are_retried(tmp_path: Path) -> None:

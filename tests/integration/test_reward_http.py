@@ -9,6 +9,9 @@ import os
 import signal
 import subprocess
 import sys
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 
 import aiohttp
 import numpy as np
@@ -158,7 +161,7 @@ def test_a_model_that_fails_to_load_is_reported_not_ready(tmp_path) -> None:
     server = ServerThread(settings)
     server.start(wait=False)
     try:
-        for _ in range(200):
+        for _ in range(1200):  # importing transformers takes a while on a busy machine
             if server.state.load_error is not None:
                 break
             asyncio.run(asyncio.sleep(0.05))
@@ -181,20 +184,37 @@ def test_unknown_models_fail_fast() -> None:
 
 def test_cli_server_logs_ready_and_stops_cleanly_on_sigterm() -> None:
     port = free_port()
+    url = f"http://127.0.0.1:{port}"
     proc = subprocess.Popen(
         [sys.executable, "-m", "rlaif.cli", "reward", "serve", "--kind", "judge", "--model",
-         "builtin:acoustic", "--host", "127.0.0.1", "--port", str(port), "--max-batch", "4"],
+         "builtin:acoustic", "--host", "127.0.0.1", "--port", str(port), "--max-batch", "16",
+         "--shutdown-grace-s", "0.5"],
         stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    # 16 clips of 10 s of noise: one batch the acoustic judge needs half a minute for.
+    noise = 0.1 * np.random.default_rng(0).standard_normal(160000).astype(np.float32)
+    busy = json.dumps({"items": [{"id": f"n{i}", "labels": LABELS, "audio": {
+        "sampleRate": 16000, "pcm16": encode_pcm16(noise)}} for i in range(16)]}).encode()
     try:
-        wait_ready(f"http://127.0.0.1:{port}", timeout_s=120)
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=30)
+        wait_ready(url, timeout_s=120)
+        with ThreadPoolExecutor(1) as pool:
+            answer = pool.submit(post, url, busy)
+            while "rlaif_reward_scoring 1.0" not in metrics_text(url):
+                time.sleep(0.02)
+            proc.send_signal(signal.SIGTERM)
+            _, err = proc.communicate(timeout=15)  # far less than the batch would take
+            status, body = answer.result()
     finally:
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 0, err
     assert "ready: judge reward, model builtin:acoustic" in err
-    assert "shutting down" in err
+    assert "shutting down" in err and "abandoning the batch in progress" in err
+    assert (status, body) == (503, {"error": "server is shutting down"})
+
+
+def metrics_text(url: str) -> str:
+    with urllib.request.urlopen(url + "/metrics", timeout=10) as resp:
+        return resp.read().decode()
 
 
 def test_cli_exits_nonzero_when_the_model_cannot_load(tmp_path) -> None:
