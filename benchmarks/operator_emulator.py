@@ -46,6 +46,9 @@ RESOURCES = {
     "apps/v1/deployments": ("Deployment", ["status", "scale"]),
     "networking.k8s.io/v1/networkpolicies": ("NetworkPolicy", []),
     "policy/v1/poddisruptionbudgets": ("PodDisruptionBudget", ["status"]),
+    "coordination.k8s.io/v1/leases": ("Lease", []),
+    "scheduling.volcano.sh/v1beta1/podgroups": ("PodGroup", []),
+    "scheduling.x-k8s.io/v1alpha1/podgroups": ("PodGroup", []),
     "apiextensions.k8s.io/v1/customresourcedefinitions": ("CustomResourceDefinition", []),
     "admissionregistration.k8s.io/v1/validatingwebhookconfigurations": (
         "ValidatingWebhookConfiguration", []),
@@ -231,7 +234,9 @@ class EmulatedCluster:
         adds RLAIF_* settings."""
         rlaif = str(Path(sys.executable).parent / "rlaif")
         full_env = self.env(**{"RLAIF_RECONCILE_INTERVAL": str(interval),
-                               "RLAIF_START_TIMEOUT": "30", **env})
+                               "RLAIF_START_TIMEOUT": "30", "RLAIF_RESTART_BACKOFF": "1",
+                               "RLAIF_LEADER_ELECTION": "true", "RLAIF_LEASE_SECONDS": "3",
+                               **env})
         with log.open("wb") as out:
             self.operator = subprocess.Popen(
                 [rlaif, "operator", "--standalone", "--all-namespaces"], env=full_env,

@@ -9,7 +9,9 @@ it off when the object is deleted.
 from __future__ import annotations
 
 import logging
+import socket
 import threading
+import uuid
 from collections import defaultdict
 from datetime import datetime, timezone
 from pathlib import Path
@@ -19,7 +21,7 @@ import kopf
 import prometheus_client
 
 from rlaif import constants as c
-from rlaif.operator import admission, kube, reconcile, telemetry
+from rlaif.operator import admission, kube, leader, reconcile, telemetry
 from rlaif.operator.settings import OperatorConfig
 
 CFG = OperatorConfig.from_env()
@@ -31,6 +33,9 @@ RETRY_SECONDS = max(1.0, CFG.reconcile_interval)
 """A failed reconciliation (API error) is retried this soon, not after kopf's 60 s."""
 
 _locks: defaultdict[str, threading.Lock] = defaultdict(threading.Lock)
+ELECTOR: leader.Elector | None = None
+"""This replica's leader election, started with the operator when enabled."""
+_stop = threading.Event()
 
 
 @kopf.on.startup()
@@ -43,6 +48,20 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     if CFG.webhook_port:
         settings.admission.server = webhook_server(CFG)
         settings.admission.managed = f"validate.{c.GROUP}"
+    if CFG.leader_election:
+        global ELECTOR
+        ELECTOR = leader.Elector(kube.client(), CFG.lease_namespace, CFG.lease_name,
+                                 f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}",
+                                 CFG.lease_seconds)
+        threading.Thread(target=ELECTOR.run, args=(_stop,), name="leader-election",
+                         daemon=True).start()
+
+
+@kopf.on.cleanup()
+def stop_leading(**_: Any) -> None:
+    _stop.set()
+    if ELECTOR is not None:
+        ELECTOR.release()
 
 
 def webhook_server(cfg: OperatorConfig) -> kopf.WebhookServer:
@@ -55,7 +74,10 @@ def webhook_server(cfg: OperatorConfig) -> kopf.WebhookServer:
 
 
 def _run(kind: str, namespace: str | None, name: str, uid: str, scrape: bool = False) -> None:
-    """One reconciliation of one object, never two at once for the same object."""
+    """One reconciliation of one object, never two at once for the same object, and only
+    in the replica holding the leader Lease."""
+    if CFG.leader_election and (ELECTOR is None or not ELECTOR.leading.is_set()):
+        return
     telemetry.RECONCILES.labels(kind).inc()
     with (_locks[uid], telemetry.SECONDS.labels(kind).time(),
           telemetry.FAILURES.labels(kind).count_exceptions()):

@@ -23,23 +23,35 @@ SHM_VOLUME = "dshm"
 OUTPUT_DIR = f"{c.CHECKPOINT_DIR}/output"
 LABELS_FILE = "labels.yaml"
 API_KEY_ENV = "OPENAI_API_KEY"
+ATTEMPT_LABEL = f"{c.GROUP}/attempt"
+"""The gang attempt a trainer Job runs; the operator derives the current attempt from it."""
 TERMINATION_GRACE_SECONDS = 600
 """Time a trainer gets after SIGTERM (suspend, delete) to write its checkpoint."""
 
 # Rendezvous race: pod 0's DNS name exists only once it has an IP. Every rank waits for it
-# before starting the launcher, instead of failing and burning a gang restart.
+# before starting the launcher, instead of failing and burning a gang restart; as long as the
+# operator's start timeout (rank 0 may wait that long for a node).
+WAIT_ENV = "RLAIF_RANK0_WAIT_SECONDS"
 WAIT_FOR_MASTER = """\
 import os, socket, sys, time
-host, deadline = os.environ["MASTER_ADDR"], time.monotonic() + 600
+host, limit = os.environ["MASTER_ADDR"], int(os.environ["RLAIF_RANK0_WAIT_SECONDS"])
+deadline = time.monotonic() + limit
 while True:
     try:
         socket.getaddrinfo(host, None)
         sys.exit(0)
     except OSError:
         if time.monotonic() > deadline:
-            sys.exit(f"rank-0 address {host} did not resolve within 600 s")
+            sys.exit(f"rank-0 address {host} did not resolve within {limit} s")
         time.sleep(2)
 """
+DEFAULT_WAIT_SECONDS = 1800
+"""The operator's default start timeout (settings.OperatorConfig.start_timeout)."""
+POD_GROUPS = {
+    # gangScheduling: (apiVersion, how pods name their group: label or annotation key)
+    "volcano": ("scheduling.volcano.sh/v1beta1", "scheduling.k8s.io/group-name"),
+    "coscheduling": ("scheduling.x-k8s.io/v1alpha1", "scheduling.x-k8s.io/pod-group"),
+}
 
 
 # --------------------------------------------------------------------------- names
@@ -168,8 +180,42 @@ def rendezvous_env(job: RLAIFJob, attempt: int) -> list[Manifest]:
     ]
 
 
+POD_FAILURE_POLICY: Manifest = {"rules": [
+    # Failing the Job at once names the root-cause pod in its Failed condition; the operator
+    # then fails the RLAIFJob (exit 2: invalid config) or restarts the gang (a disruption
+    # without counting it against backoffLimit).
+    {"action": "FailJob", "onExitCodes": {"containerName": TRAINER, "operator": "In",
+                                          "values": [c.EXIT_INVALID_CONFIG]}},
+    {"action": "FailJob", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
+]}
+
+
+def build_pod_group(job: RLAIFJob) -> Manifest | None:
+    """All-or-nothing placement of the trainer gang, when spec.runPolicy.gangScheduling asks."""
+    kind = job.spec.run_policy.gang_scheduling
+    if kind is None:
+        return None
+    return {"apiVersion": POD_GROUPS[kind][0], "kind": "PodGroup",
+            "metadata": meta.metadata(trainer_service_name(job), job.metadata.namespace,
+                                      _labels(job, TRAINER)),
+            "spec": {"minMember": job.spec.trainer.nodes}}
+
+
+def _gang_membership(job: RLAIFJob, template: Manifest) -> None:
+    """Pods join the PodGroup (Volcano reads an annotation, coscheduling a label)."""
+    kind = job.spec.run_policy.gang_scheduling
+    if kind is None:
+        return
+    key = POD_GROUPS[kind][1]
+    where = "annotations" if kind == "volcano" else "labels"
+    template["metadata"].setdefault(where, {})[key] = trainer_service_name(job)
+    if kind == "volcano":
+        template["spec"].setdefault("schedulerName", "volcano")
+
+
 def build_trainer_job(job: RLAIFJob, attempt: int, *, suspend: bool = False,
-                      deadline_seconds: int | None = None) -> Manifest:
+                      deadline_seconds: int | None = None,
+                      wait_seconds: int = DEFAULT_WAIT_SECONDS) -> Manifest:
     """One gang attempt. backoffLimit 0: a failed pod fails the Job, the operator restarts the
     whole gang (and counts it in status.restarts against spec.runPolicy.backoffLimit)."""
     spec, name = job.spec, trainer_job_name(job, attempt)
@@ -182,10 +228,11 @@ def build_trainer_job(job: RLAIFJob, attempt: int, *, suspend: bool = False,
     trainer["ports"] = [{"name": "rendezvous", "containerPort": c.RENDEZVOUS_PORT},
                         {"name": "metrics", "containerPort": spec.trainer.metrics_port}]
     wait = meta.container("wait-for-rank-0", spec.trainer.image, ["-c", WAIT_FOR_MASTER],
-                          env=env, command=["python"],
+                          env=[*env, {"name": WAIT_ENV, "value": str(wait_seconds)}],
+                          command=["python"],
                           resources={"requests": {"cpu": "10m", "memory": "32Mi"},
                                      "limits": {"memory": "128Mi"}})
-    lbls = {**_labels(job, TRAINER), "rlaif.dev/attempt": str(attempt)}
+    lbls = {**_labels(job, TRAINER), ATTEMPT_LABEL: str(attempt)}
     pod_extra: Manifest = {"restartPolicy": "Never", "subdomain": trainer_service_name(job),
                            "initContainers": [wait],
                            "terminationGracePeriodSeconds": TERMINATION_GRACE_SECONDS}
@@ -196,6 +243,9 @@ def build_trainer_job(job: RLAIFJob, attempt: int, *, suspend: bool = False,
     job_meta = meta.metadata(name, job.metadata.namespace, dict(lbls))
     if queue := job.metadata.labels.get(meta.KUEUE_QUEUE_LABEL):
         job_meta["labels"][meta.KUEUE_QUEUE_LABEL] = queue
+    template = {"metadata": {"labels": lbls},
+                "spec": meta.pod_spec([trainer], volumes, **pod_extra)}
+    _gang_membership(job, template)
     body: Manifest = {
         "apiVersion": "batch/v1",
         "kind": "Job",
@@ -205,9 +255,9 @@ def build_trainer_job(job: RLAIFJob, attempt: int, *, suspend: bool = False,
             "completions": spec.trainer.nodes,
             "parallelism": spec.trainer.nodes,
             "backoffLimit": 0,
+            "podFailurePolicy": POD_FAILURE_POLICY,
             "suspend": suspend,
-            "template": {"metadata": {"labels": lbls},
-                         "spec": meta.pod_spec([trainer], volumes, **pod_extra)},
+            "template": meta.apply_pod_template(template, spec.trainer.pod_template),
         },
     }
     if deadline_seconds is not None:
@@ -218,17 +268,36 @@ def build_trainer_job(job: RLAIFJob, attempt: int, *, suspend: bool = False,
 # --------------------------------------------------------------------------- rewards
 
 
+def _read_only(volume: Manifest) -> Manifest:
+    claim = volume.get("persistentVolumeClaim")
+    return {**volume, "persistentVolumeClaim": {**claim, "readOnly": True}} if claim else volume
+
+
+def reward_storage(job: RLAIFJob, model: str) -> tuple[list[Manifest], list[Manifest]]:
+    """Only the job volumes a reward's model lives on, read-only: a reward pod never mounts
+    the checkpoints or a writable data claim (which would pin it to a zone, or fail to attach
+    a ReadWriteOnce claim the trainer holds)."""
+    mounts = [{**m, "readOnly": True} for m in job.spec.volume_mounts
+              if model == m.get("mountPath") or model.startswith(f"{m.get('mountPath')}/")]
+    names = {m["name"] for m in mounts}
+    return [_read_only(v) for v in job.spec.volumes if v.get("name") in names], mounts
+
+
 def build_reward_servers(job: RLAIFJob) -> list[Manifest]:
     """One RewardServer per reward without serverRef, labelled with the job (NetworkPolicy)."""
     servers = []
     for r in job.spec.rewards:
         if r.server_ref is not None or r.kind is None or r.model is None:
             continue
+        volumes, mounts = reward_storage(job, r.model)
         spec = RewardServerSpec(kind=r.kind, model=r.model, replicas=r.replicas,
                                 resources=r.resources, max_batch=r.max_batch,
                                 max_wait_ms=r.max_wait_ms, label_schema=job.spec.label_schema,
-                                volumes=job.spec.volumes, volume_mounts=job.spec.volume_mounts)
+                                volumes=volumes, volume_mounts=mounts,
+                                pod_template=r.pod_template)
         lbls = {**_labels(job, "reward-server"), "rlaif.dev/reward": r.name}
+        if queue := job.metadata.labels.get(meta.KUEUE_QUEUE_LABEL):
+            lbls[meta.KUEUE_QUEUE_LABEL] = queue  # admitted through the job's queue
         server = RewardServer.model_validate({
             "metadata": meta.metadata(reward_server_name(job, r.name), job.metadata.namespace,
                                       lbls),
@@ -289,9 +358,10 @@ def build_labeling_job(job: RLAIFJob) -> Manifest | None:
         "spec": {
             # Retries are cheap: each run resumes where the last one stopped.
             "backoffLimit": 2,
-            "template": {"metadata": {"labels": lbls},
-                         "spec": meta.pod_spec([box], [*spec.volumes, _config_volume(job)],
-                                               **pod_extra)},
+            "template": meta.apply_pod_template(
+                {"metadata": {"labels": lbls},
+                 "spec": meta.pod_spec([box], [*spec.volumes, _config_volume(job)], **pod_extra)},
+                lab.pod_template),
         },
     }
 
@@ -301,6 +371,8 @@ def build_children(job: RLAIFJob, attempt: int = 0) -> list[Manifest]:
     children = [build_config_map(job), build_trainer_service(job),
                 build_trainer_job(job, attempt), *build_reward_servers(job),
                 build_network_policy(job)]
+    if (group := build_pod_group(job)) is not None:
+        children.append(group)
     if (labeling := build_labeling_job(job)) is not None:
         children.append(labeling)
     return children

@@ -2,14 +2,15 @@
 the next step out. The handlers only observe, call ``plan`` and carry the step out, so a
 restarted operator reaches the same decision from the same cluster state.
 
-Pending -> [Labeling] -> Starting -> Running -> Succeeded | Failed, and Suspended in between.
+Pending -> [Labeling] -> Starting [-> Queued] -> Running -> Succeeded | Failed, and Suspended
+in between (Queued: Kueue holds the trainer gang, with no start timeout running).
 Every waiting state has a timeout that ends in Failed with a reason.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from rlaif import constants as c
@@ -43,6 +44,16 @@ class Limits:
     active_deadline: int | None
     rewards_timeout: int
     start_timeout: int
+    restart_backoff: float = 10.0
+    """Seconds before the first gang restart; doubles per failure up to MAX_BACKOFF."""
+
+
+MAX_BACKOFF = 600.0
+
+
+def backoff_seconds(first: float, failures: int) -> float:
+    """Exponential backoff, as the Job controller's: first, 2x, 4x, ... capped."""
+    return min(MAX_BACKOFF, first * 2 ** max(0, failures - 1))
 
 
 @dataclass
@@ -53,6 +64,10 @@ class Observed:
     rewards: list[RewardState]
     trainer: WorkloadState | None
     nodes: int
+    attempt: int = 0
+    """The newest trainer gang attempt the cluster has (from its Jobs' attempt labels)."""
+    queued: bool = False
+    """The job goes through a Kueue queue (Kueue, not the operator, unsuspends its Job)."""
 
 
 @dataclass
@@ -62,6 +77,8 @@ class Plan:
     phase: str
     conditions: list[dict[str, Any]]
     restarts: int
+    attempt: int = 0
+    """The gang attempt whose Job must exist (older ones are deleted once it does)."""
     labeling: bool = False
     rewards: bool = False
     trainer: bool = False
@@ -99,8 +116,8 @@ def plan(status: dict[str, Any], obs: Observed, limits: Limits, now: datetime) -
     restarts = int(status.get("restarts") or 0)
     phase = status.get("phase") or "Pending"
     if phase in TERMINAL:
-        return Plan(phase, old, restarts)
-    out = Plan("Pending", old, restarts)
+        return Plan(phase, old, restarts, obs.attempt)
+    out = Plan("Pending", old, restarts, obs.attempt)
 
     def finish(ok: bool, reason: str, message: str) -> Plan:
         b.set(c.COND_SUCCEEDED if ok else c.COND_FAILED, True, reason, message)
@@ -136,9 +153,15 @@ def plan(status: dict[str, Any], obs: Observed, limits: Limits, now: datetime) -
     out.rewards = True
     if obs.suspended:
         b.set(c.COND_SUSPENDED, True, "Suspended", "trainers stopped after a checkpoint; "
-                                                   "reward servers scaled to zero")
+                                                   "own reward servers scaled to zero unless "
+                                                   "runPolicy.keepRewardServers")
         b.set(c.COND_RUNNING, False, "Suspended", "the job is suspended")
-        out.trainer = obs.trainer is not None  # keep the (suspended) gang for resuming
+        if obs.queued and obs.trainer is not None:
+            # Kueue unsuspends the Jobs it admitted: the stopped gang is deleted instead (its
+            # quota goes back to the queue) and a new attempt queues again on resume.
+            out.stop_trainer, out.attempt = True, obs.attempt + 1
+        else:
+            out.trainer = obs.trainer is not None  # keep the (suspended) gang for resuming
         return waiting("Suspended", "Suspended", "the job is suspended (spec.runPolicy.suspend)")
     if cond.is_true(old, c.COND_SUSPENDED):
         b.set(c.COND_SUSPENDED, False, "Resumed", "the job was resumed")
@@ -149,6 +172,9 @@ def plan(status: dict[str, Any], obs: Observed, limits: Limits, now: datetime) -
     else:
         message = _rewards_message(obs.rewards)
         b.set(c.COND_REWARDS_READY, False, "RewardsNotReady", message)
+        if obs.queued and all(r.problem.startswith("SchedulingGated") for r in obs.rewards
+                              if not r.ready):  # Kueue holds their pods: no timeout
+            return waiting("Queued", "Queued", f"reward servers queued in Kueue; {message}")
         if _elapsed(cond.since(b.conditions, c.COND_REWARDS_READY), now) > limits.rewards_timeout:
             return finish(False, "RewardsNotReady", f"{message}: not ready within "
                                                     f"{limits.rewards_timeout} s")
@@ -166,20 +192,39 @@ def plan(status: dict[str, Any], obs: Observed, limits: Limits, now: datetime) -
     if trainer.succeeded:
         return finish(True, "Completed", "training finished")
     if trainer.failed:
+        cause = f"{trainer.reason}: {trainer.message}"
         if trainer.reason == "DeadlineExceeded":
             return finish(False, "DeadlineExceeded", trainer.message)
-        if restarts >= limits.backoff_limit:
-            return finish(False, "BackoffLimitExceeded",
-                          f"the trainer gang failed {restarts + 1} time(s) (backoffLimit "
-                          f"{limits.backoff_limit}); last failure: {trainer.reason}: "
-                          f"{trainer.message}")
-        out.restarts = restarts + 1
-        b.set(c.COND_RUNNING, False, "Restarting", f"restart {out.restarts} of "
-              f"{limits.backoff_limit} after {trainer.reason}: {trainer.message}")
-        return waiting("Starting", "Restarting", f"restarting the trainer gang after "
-                                                 f"{trainer.reason}: {trainer.message}")
-    # Ranks may finish at slightly different times: a running gang stays Running.
-    started = trainer.active >= obs.nodes or phase == "Running"
+        if status.get("failedAttempt") != obs.attempt:  # a new failure: count it once
+            if trainer.exit_code == c.EXIT_INVALID_CONFIG and not trainer.disrupted:
+                return finish(False, "InvalidConfig", f"the trainer refused its configuration "
+                                                      f"(exit code 2; a restart cannot help): "
+                                                      f"{cause}")
+            if not trainer.disrupted and restarts >= limits.backoff_limit:
+                return finish(False, "BackoffLimitExceeded",
+                              f"the trainer gang failed {restarts + 1} time(s) (backoffLimit "
+                              f"{limits.backoff_limit}); last failure: {cause}")
+            disruptions = int(status.get("disruptions") or 0) + trainer.disrupted
+            out.restarts = restarts + (not trainer.disrupted)
+            delay = backoff_seconds(limits.restart_backoff, out.restarts + disruptions)
+            out.status.update(failedAttempt=obs.attempt, disruptions=disruptions,
+                              restartAfter=cond.now_iso(now + timedelta(seconds=delay)))
+        after = cond.parse_time(out.status.get("restartAfter") or status.get("restartAfter"))
+        if after is None or now >= after:
+            out.attempt, out.trainer = obs.attempt + 1, True
+        counted = ("a disruption, not counted against backoffLimit" if trainer.disrupted
+                   else f"restart {out.restarts} of backoffLimit {limits.backoff_limit}")
+        message = f"{counted}, after {cause}"
+        b.set(c.COND_RUNNING, False, "Restarting", message)
+        return waiting("Starting", "Restarting", f"restarting the trainer gang ({message}); "
+                       f"not before {cond.now_iso(after)}" if after else message)
+    if trainer.suspended and obs.queued:  # no timeout: waiting for quota is not a fault
+        b.set(c.COND_RUNNING, False, "Queued", "waiting for Kueue to admit the trainer gang")
+        return waiting("Queued", "Queued", "the trainer gang is queued (Kueue has not admitted "
+                                           "it yet)")
+    # Running once every pod of the gang is ready (Job status.active counts pending pods);
+    # ranks may finish at slightly different times: a running gang stays Running.
+    started = trainer.ready >= obs.nodes or phase == "Running"
     if started and trainer.problem is None:
         b.set(c.COND_RUNNING, True, "Running", f"{obs.nodes} trainer pod(s) running")
         out.status.setdefault("startTime", status.get("startTime") or cond.now_iso(now))
@@ -192,7 +237,7 @@ def plan(status: dict[str, Any], obs: Observed, limits: Limits, now: datetime) -
     reason, message = "StartingTrainers", "waiting for trainer pods to start"
     if trainer.problem is not None:
         reason, message = trainer.problem.reason, trainer.problem.message
-    if _elapsed(trainer.created, now) > limits.start_timeout:
+    if _elapsed(trainer.started or trainer.created, now) > limits.start_timeout:
         return finish(False, reason, f"trainer pods did not start within "
                                      f"{limits.start_timeout} s: {message}")
     b.set(c.COND_RUNNING, False, reason, message)

@@ -31,6 +31,9 @@ PLURALS = {
     ("apps/v1", "Deployment"): "deployments",
     ("networking.k8s.io/v1", "NetworkPolicy"): "networkpolicies",
     ("policy/v1", "PodDisruptionBudget"): "poddisruptionbudgets",
+    ("scheduling.volcano.sh/v1beta1", "PodGroup"): "podgroups",
+    ("scheduling.x-k8s.io/v1alpha1", "PodGroup"): "podgroups",
+    ("coordination.k8s.io/v1", "Lease"): "leases",
     (c.API_VERSION, c.JOB_KIND): c.JOB_PLURAL,
     (c.API_VERSION, c.SERVER_KIND): c.SERVER_PLURAL,
 }
@@ -46,6 +49,33 @@ class ApiError(RuntimeError):
         except (ValueError, AttributeError):
             detail = body
         super().__init__(f"{method} {path}: HTTP {status}: {detail}")
+
+
+class OwnershipConflict(RuntimeError):
+    """An object the operator would create, change or delete exists but is not controlled by
+    the resource reconciled: it is never adopted (a user who may only create RLAIFJobs must
+    not be able to make the operator change objects they cannot touch)."""
+
+    def __init__(self, obj: Manifest, owner_kind: str, owner_uid: str):
+        meta = obj.get("metadata") or {}
+        ref = controller_of(obj)
+        held = f"controlled by {ref['kind']} {ref['name']}" if ref else "not controlled by it"
+        self.object = f"{obj.get('kind', 'object')} {meta.get('namespace')}/{meta.get('name')}"
+        super().__init__(f"{self.object} exists and is {held} (this {owner_kind} has uid "
+                         f"{owner_uid}); delete or rename it to let the operator create its own")
+
+
+def controller_of(obj: Manifest) -> Manifest | None:
+    """The controller ownerReference of ``obj``, if any."""
+    refs = (obj.get("metadata") or {}).get("ownerReferences") or []
+    return next((r for r in refs if r.get("controller")), None)
+
+
+def check_owner(obj: Manifest | None, owner_kind: str, owner_uid: str) -> Manifest | None:
+    """``obj`` when it is missing or controlled by ``owner_uid``; OwnershipConflict if not."""
+    if obj is not None and (controller_of(obj) or {}).get("uid") != owner_uid:
+        raise OwnershipConflict(obj, owner_kind, owner_uid)
+    return obj
 
 
 def path(api_version: str, kind: str, namespace: str | None, name: str | None = None) -> str:
@@ -156,13 +186,23 @@ class Session:
     def events_for(self, namespace: str | None, name: str) -> Manifests:
         return self.kube.events_for(namespace, name)
 
+    def get_owned(self, api_version: str, kind: str, namespace: str | None, name: str,
+                  owner: Manifest) -> Manifest | None:
+        """The object if ``owner`` controls it, None if missing, else OwnershipConflict."""
+        return check_owner(self.get(api_version, kind, namespace, name), owner["kind"],
+                           owner["metadata"]["uid"])
+
     def ensure(self, body: Manifest) -> Manifest:
+        """The stored object, created when missing; with a controller ownerReference in
+        ``body``, OwnershipConflict when the stored one has another controller (or none)."""
         meta = body["metadata"]
         existing = self.get(body["apiVersion"], body["kind"], meta.get("namespace"), meta["name"])
-        if existing is None:
+        if existing is None:  # (a create that lost a race returns the winner's object)
             existing = self.kube.create(body)
             self.cache[path(body["apiVersion"], body["kind"], meta.get("namespace"),
                             meta["name"])] = existing
+        if (ref := controller_of(body)) is not None:
+            check_owner(existing, ref["kind"], ref["uid"])
         return existing
 
     def patch(self, api_version: str, kind: str, namespace: str | None, name: str,

@@ -8,10 +8,12 @@ filesystem with an emptyDir mounted at /tmp for scratch space.
 from __future__ import annotations
 
 import hashlib
+import json
 from typing import Any
 
 from rlaif import __version__
 from rlaif import constants as c
+from rlaif.api.models import PodTemplate
 
 Manifest = dict[str, Any]
 
@@ -21,6 +23,15 @@ NONROOT_UID = 10001
 
 KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 """Copied from an RLAIFJob to its trainer Job so Kueue can admit the gang."""
+
+
+TEMPLATE_HASH_ANNOTATION = f"{c.GROUP}/template-hash"
+"""On a Deployment: the hash of the pod template the operator built (drift check: the API
+server adds defaults to stored templates, so comparing them field by field would flap)."""
+
+
+def template_hash(template: Manifest) -> str:
+    return hashlib.sha256(json.dumps(template, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def child_name(parent: str, suffix: str, limit: int = 63) -> str:
@@ -143,3 +154,72 @@ def pod_spec(containers: list[Manifest], volumes: list[Manifest], **extra: Any) 
         "volumes": [scratch_volume(), *volumes],
         **extra,
     }
+
+
+# --------------------------------------------------------------------------- pod overrides
+
+
+def _merge_dicts(base: Manifest, over: Manifest) -> Manifest:
+    """``over`` merged into ``base`` recursively (securityContext: override what is set)."""
+    out = dict(base)
+    for key, value in over.items():
+        out[key] = _merge_dicts(out[key], value) \
+            if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def _merge_by(key: str, base: list[Manifest], over: list[Manifest]) -> list[Manifest]:
+    """``base`` with items of ``over`` replacing those with the same ``key``, others added."""
+    replaced = {item.get(key): item for item in over}
+    kept = [replaced.pop(item.get(key), item) for item in base]
+    return kept + [item for item in over if item.get(key) in replaced]
+
+
+def _merge_container(box: Manifest, over: Manifest) -> Manifest:
+    box = dict(box)
+    if "image" in over:
+        box["image"] = over["image"]
+    box["env"] = _merge_by("name", box.get("env") or [], over.get("env") or [])
+    if over.get("envFrom"):
+        box["envFrom"] = [*(box.get("envFrom") or []), *over["envFrom"]]
+    box["volumeMounts"] = _merge_by("mountPath", box.get("volumeMounts") or [],
+                                    over.get("volumeMounts") or [])
+    if "securityContext" in over:
+        box["securityContext"] = _merge_dicts(box.get("securityContext") or {},
+                                              over["securityContext"])
+    return box
+
+
+APPENDED = ("tolerations", "topologySpreadConstraints", "imagePullSecrets")
+MERGED = ("nodeSelector", "securityContext")
+
+
+def apply_pod_template(template: Manifest, override: PodTemplate | None) -> Manifest:
+    """A built pod template (metadata + spec) with a user's ``PodTemplate`` merged over it.
+
+    The operator's labels win (selectors depend on them); lists of tolerations, pull secrets
+    and spread constraints are added to; env and volumes merge by name, mounts by path;
+    security contexts merge field by field (validation has refused restricted-PSS breaches).
+    """
+    if override is None:
+        return template
+    over = override.model_dump(by_alias=True, exclude_defaults=True, mode="json")
+    meta_over, spec_over = over.get("metadata") or {}, dict(over.get("spec") or {})
+    lbls = template.get("metadata", {}).get("labels") or {}
+    out_meta = {**template.get("metadata", {}), "labels": {**meta_over.get("labels", {}), **lbls}}
+    if annotations := {**(template.get("metadata", {}).get("annotations") or {}),
+                       **meta_over.get("annotations", {})}:
+        out_meta["annotations"] = annotations
+    spec = dict(template["spec"])
+    boxes = {b["name"]: b for b in spec_over.pop("containers", [])}
+    spec["containers"] = [_merge_container(b, boxes[b["name"]]) if b["name"] in boxes else b
+                          for b in spec["containers"]]
+    spec["volumes"] = _merge_by("name", spec.get("volumes") or [], spec_over.pop("volumes", []))
+    for key, value in spec_over.items():
+        if key in APPENDED:
+            spec[key] = [*(spec.get(key) or []), *value]
+        elif key in MERGED:
+            spec[key] = _merge_dicts(spec.get(key) or {}, value)
+        else:
+            spec[key] = value
+    return {"metadata": out_meta, "spec": spec}

@@ -17,8 +17,8 @@ from rlaif.operator import admission, conditions, metrics
 from rlaif.operator import job_builders as jb
 from rlaif.operator import server_builders as sb
 from rlaif.operator.job_status import TERMINAL, Limits, Observed, Plan, RewardState, plan
-from rlaif.operator.kube import Session
-from rlaif.operator.meta import KUEUE_QUEUE_LABEL, Manifest, owned
+from rlaif.operator.kube import OwnershipConflict, Session, controller_of
+from rlaif.operator.meta import KUEUE_QUEUE_LABEL, TEMPLATE_HASH_ANNOTATION, Manifest, owned
 from rlaif.operator.server_status import problem_of, server_status
 from rlaif.operator.settings import OperatorConfig
 from rlaif.operator.workloads import WorkloadState, summarize_job
@@ -26,7 +26,7 @@ from rlaif.operator.workloads import WorkloadState, summarize_job
 JOB_NAME_LABEL = "batch.kubernetes.io/job-name"
 INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
 WAITING_REASONS = {"Labeling", "CreatingTrainers", "StartingTrainers", "RewardsNotReady",
-                   "Suspended", "Starting", "ScaledToZero", "Restarting"}
+                   "Suspended", "Starting", "ScaledToZero", "Restarting", "Queued"}
 """Ready=False reasons that are expected on the way up: Normal events, not Warnings."""
 
 
@@ -44,13 +44,29 @@ def _ns(body: Manifest) -> str | None:
 
 
 def _write_status(kube: Session, body: Manifest, kind: str, status: dict[str, Any]) -> bool:
-    """Patch status only when it changed (an unchanged patch would wake every watcher)."""
+    """Patch status only when it changed (an unchanged patch would wake every watcher), and
+    only if the object is still the version this reconciliation read (resourceVersion
+    precondition: a stale writer gets 409 and retries on fresh data)."""
     current = body.get("status") or {}
     if all(current.get(k) == v for k, v in status.items()):
         return False
-    kube.patch(c.API_VERSION, kind, _ns(body), body["metadata"]["name"], {"status": status},
-               subresource="status")
+    ns, name = _ns(body), body["metadata"]["name"]
+    seen = (kube.get(c.API_VERSION, kind, ns, name) or body)["metadata"]
+    patch: dict[str, Any] = {"status": status}
+    if seen.get("resourceVersion"):
+        patch["metadata"] = {"resourceVersion": seen["resourceVersion"]}
+    kube.patch(c.API_VERSION, kind, ns, name, patch, subresource="status")
     return True
+
+
+def _conflict(kube: Session, body: Manifest, kind: str, exc: OwnershipConflict,
+              now: datetime) -> Outcome:
+    """Report an object in the way: Ready=False naming it; nothing else is touched."""
+    old = list((body.get("status") or {}).get("conditions") or [])
+    conds = conditions.set_condition(old, c.COND_READY, False, "OwnershipConflict", str(exc), now)
+    new = {"conditions": conds}
+    _write_status(kube, body, kind, new)
+    return Outcome(new, _events(old, conds))
 
 
 def _events(old: list[dict[str, Any]], new: list[dict[str, Any]]) -> list[tuple[str, str, str]]:
@@ -95,8 +111,8 @@ def _effective_job(kube: Session, body: Manifest, job: RLAIFJob) -> tuple[RLAIFJ
     return RLAIFJob.model_validate(original), changes
 
 
-def _batch_job(kube: Session, ns: str | None, name: str) -> WorkloadState | None:
-    found = kube.get("batch/v1", "Job", ns, name)
+def _batch_job(kube: Session, ns: str | None, found: Manifest | None) -> WorkloadState | None:
+    name = found["metadata"]["name"] if found else ""
     pods = kube.list("v1", "Pod", ns, {JOB_NAME_LABEL: name}) if found else []
     # No pods of a Job that should have some: ask its Events why (quota, admission).
     starved = found is not None and not pods and not (found.get("spec") or {}).get("suspend") \
@@ -104,15 +120,26 @@ def _batch_job(kube: Session, ns: str | None, name: str) -> WorkloadState | None
     return summarize_job(found, pods, kube.events_for(ns, name) if starved else None)
 
 
-def _reward_states(kube: Session, job: RLAIFJob) -> list[RewardState]:
+def _trainer_jobs(kube: Session, body: Manifest, job: RLAIFJob) -> dict[int, Manifest]:
+    """This job's trainer gang Jobs by attempt label; Jobs it does not control are ignored
+    here (creating one with a taken name reports the conflict)."""
+    found = kube.list("batch/v1", "Job", job.metadata.namespace,
+                      {c.LABEL_JOB: job.metadata.name, c.LABEL_COMPONENT: jb.TRAINER})
+    uid = body["metadata"]["uid"]
+    return {int(attempt): j for j in found
+            if (controller_of(j) or {}).get("uid") == uid
+            and (attempt := j["metadata"]["labels"].get(jb.ATTEMPT_LABEL, "")).isdigit()}
+
+
+def _reward_states(kube: Session, body: Manifest, job: RLAIFJob) -> list[RewardState]:
     states = []
     for reward in job.spec.rewards:
-        name = jb.reward_server_name(job, reward.name)
-        server = kube.get(c.API_VERSION, c.SERVER_KIND, job.metadata.namespace, name)
+        name, ns = jb.reward_server_name(job, reward.name), job.metadata.namespace
+        server = kube.get(c.API_VERSION, c.SERVER_KIND, ns, name) if reward.server_ref \
+            else kube.get_owned(c.API_VERSION, c.SERVER_KIND, ns, name, body)
         st = (server or {}).get("status") or {}
         states.append(RewardState(
-            name=reward.name, endpoint=st.get("endpoint") or sb.endpoint(
-                name, job.metadata.namespace),
+            name=reward.name, endpoint=st.get("endpoint") or sb.endpoint(name, ns),
             replicas=st.get("replicas") or 0, ready_replicas=st.get("readyReplicas") or 0,
             exists=server is not None, problem=problem_of(st)))
     return states
@@ -122,7 +149,7 @@ def _limits(job: RLAIFJob, cfg: OperatorConfig) -> Limits:
     rp = job.spec.run_policy
     return Limits(backoff_limit=rp.backoff_limit, active_deadline=rp.active_deadline_seconds,
                   rewards_timeout=rp.rewards_ready_timeout_seconds,
-                  start_timeout=cfg.start_timeout)
+                  start_timeout=cfg.start_timeout, restart_backoff=cfg.restart_backoff)
 
 
 def _sync_config(kube: Session, owner: Manifest, job: RLAIFJob) -> None:
@@ -138,7 +165,7 @@ def _sync_rewards(kube: Session, owner: Manifest, job: RLAIFJob) -> None:
     """Owned RewardServers follow the job's spec (replicas 0 while suspended)."""
     kube.ensure(owned(jb.build_network_policy(job), owner))
     for server in jb.build_reward_servers(job):
-        if job.spec.run_policy.suspend:
+        if job.spec.run_policy.suspend and not job.spec.run_policy.keep_reward_servers:
             server["spec"]["replicas"] = 0
         existing = kube.ensure(owned(server, owner))
         current = existing.get("spec") or {}
@@ -147,8 +174,11 @@ def _sync_rewards(kube: Session, owner: Manifest, job: RLAIFJob) -> None:
                        server["metadata"]["name"], {"spec": server["spec"]})
 
 
-def _sync_trainer(kube: Session, owner: Manifest, job: RLAIFJob, p: Plan, attempt: int,
-                  status: dict[str, Any], now: datetime) -> None:
+def _sync_trainer(kube: Session, owner: Manifest, job: RLAIFJob, p: Plan,
+                  gangs: dict[int, Manifest], status: dict[str, Any], now: datetime,
+                  wait_seconds: int) -> None:
+    """The gang attempt the plan wants exists; older attempts are deleted only after it does,
+    so a crash in between leaves the cluster telling which attempt is current."""
     ns, suspended = job.metadata.namespace, job.spec.run_policy.suspend
     kube.ensure(owned(jb.build_trainer_service(job), owner))
     deadline = job.spec.run_policy.active_deadline_seconds
@@ -157,15 +187,45 @@ def _sync_trainer(kube: Session, owner: Manifest, job: RLAIFJob, p: Plan, attemp
         deadline = max(1, int(deadline - (now - start).total_seconds()))
     # Kueue admits a queued Job by unsuspending it: never unsuspend one ourselves.
     queued = KUEUE_QUEUE_LABEL in job.metadata.labels
-    body = jb.build_trainer_job(job, p.restarts, suspend=suspended or queued,
-                                deadline_seconds=deadline)
+    if (group := jb.build_pod_group(job)) is not None:
+        kube.ensure(owned(group, owner))
+    body = jb.build_trainer_job(job, p.attempt, suspend=suspended or queued,
+                                deadline_seconds=deadline, wait_seconds=wait_seconds)
     existing = kube.ensure(owned(body, owner))
     if suspended and not (existing.get("spec") or {}).get("suspend"):
         kube.patch("batch/v1", "Job", ns, body["metadata"]["name"], {"spec": {"suspend": True}})
     elif not suspended and not queued and (existing.get("spec") or {}).get("suspend"):
         kube.patch("batch/v1", "Job", ns, body["metadata"]["name"], {"spec": {"suspend": False}})
-    if p.restarts != attempt:
-        kube.delete("batch/v1", "Job", ns, jb.trainer_job_name(job, attempt))
+    for attempt, gang in gangs.items():
+        if attempt < p.attempt:
+            kube.delete("batch/v1", "Job", ns, gang["metadata"]["name"])
+
+
+def release_rewards(kube: Session, body: Manifest, job: RLAIFJob, now: datetime) -> Outcome:
+    """A finished job's own reward servers go to 0 replicas, freeing their GPUs (unless
+    runPolicy.keepRewardServers); a condition and an Event say so, once."""
+    status = body.get("status") or {}
+    old = list(status.get("conditions") or [])
+    done = conditions.find(old, c.COND_REWARDS_READY)
+    servers = [s["metadata"]["name"] for s in jb.build_reward_servers(job)]
+    if job.spec.run_policy.keep_reward_servers or not servers or (
+            done and done.get("reason") == "ScaledToZero"):
+        return Outcome()
+    ns = job.metadata.namespace
+    for name in servers:
+        found = kube.get_owned(c.API_VERSION, c.SERVER_KIND, ns, name, body)
+        if found is not None and (found.get("spec") or {}).get("replicas") != 0:
+            kube.patch(c.API_VERSION, c.SERVER_KIND, ns, name, {"spec": {"replicas": 0}})
+    conds = conditions.set_condition(
+        old, c.COND_REWARDS_READY, False, "ScaledToZero",
+        f"the job {status.get('phase', '').lower()}: reward server(s) {', '.join(servers)} "
+        f"scaled to 0 replicas (runPolicy.keepRewardServers: true keeps them)", now)
+    own = {r.name for r in job.spec.rewards if r.server_ref is None}
+    new = {"conditions": conds, "rewards": [
+        {**r, "replicas": 0, "readyReplicas": 0} if r.get("name") in own else r
+        for r in status.get("rewards") or []]}
+    _write_status(kube, body, c.JOB_KIND, new)
+    return Outcome(new, _events(old, conds))
 
 
 def _scrape(kube: Session, job: RLAIFJob, attempt: int) -> dict[str, Any]:
@@ -189,22 +249,34 @@ def reconcile_job(kube: Session, body: Manifest, cfg: OperatorConfig, now: datet
     status = dict(body.get("status") or {})
     parsed, errors = admission.parse_job(body)
     restart = parsed is not None and _failed_reason(status) == "InvalidSpec"
-    if status.get("phase") in TERMINAL and not restart:
-        return Outcome()
-    if restart:  # the spec was fixed after it failed validation: start from the beginning
-        status = {}
-    if parsed is None:
-        failed = _invalid(body, errors, now)
-        _write_status(kube, body, c.JOB_KIND, failed)
-        return Outcome(failed, _events(status.get("conditions") or [], failed["conditions"]))
+    try:
+        if status.get("phase") in TERMINAL and not restart:
+            return release_rewards(kube, body, parsed, now) if parsed else Outcome()
+        if restart:  # the spec was fixed after it failed validation: start from the beginning
+            status = {}
+        if parsed is None:
+            failed = _invalid(body, errors, now)
+            _write_status(kube, body, c.JOB_KIND, failed)
+            return Outcome(failed, _events(status.get("conditions") or [], failed["conditions"]))
+        return _reconcile_valid(kube, body, parsed, status, cfg, now, scrape, restart)
+    except OwnershipConflict as exc:
+        return _conflict(kube, body, c.JOB_KIND, exc, now)
+
+
+def _reconcile_valid(kube: Session, body: Manifest, parsed: RLAIFJob, status: dict[str, Any],
+                     cfg: OperatorConfig, now: datetime, scrape: bool, restart: bool) -> Outcome:
     job, refused = _effective_job(kube, body, parsed)
-    ns, attempt = job.metadata.namespace, int(status.get("restarts") or 0)
+    ns = job.metadata.namespace
+    gangs = _trainer_jobs(kube, body, job)
+    attempt = max(gangs) if gangs else int(status.get("attempt") or status.get("restarts") or 0)
+    labeling = kube.get_owned("batch/v1", "Job", ns, jb.labeling_job_name(job), body) \
+        if job.spec.labeling else None
     obs = Observed(
         labeling_required=job.spec.labeling is not None, suspended=job.spec.run_policy.suspend,
-        labeling=_batch_job(kube, ns, jb.labeling_job_name(job)) if job.spec.labeling else None,
-        rewards=_reward_states(kube, job),
-        trainer=_batch_job(kube, ns, jb.trainer_job_name(job, attempt)),
-        nodes=job.spec.trainer.nodes)
+        labeling=_batch_job(kube, ns, labeling) if job.spec.labeling else None,
+        rewards=_reward_states(kube, body, job),
+        trainer=_batch_job(kube, ns, gangs.get(attempt)), nodes=job.spec.trainer.nodes,
+        attempt=attempt, queued=KUEUE_QUEUE_LABEL in job.metadata.labels)
     p = plan(status, obs, _limits(job, cfg), now)
 
     if p.labeling or p.rewards or p.trainer:
@@ -214,8 +286,9 @@ def reconcile_job(kube: Session, body: Manifest, cfg: OperatorConfig, now: datet
     if p.rewards:
         _sync_rewards(kube, body, job)
     if p.trainer:
-        _sync_trainer(kube, body, job, p, attempt, status, now)
-    if p.stop_trainer and obs.trainer is not None and not obs.trainer.failed:
+        _sync_trainer(kube, body, job, p, gangs, status, now, cfg.start_timeout)
+    if p.stop_trainer and obs.trainer is not None and (
+            not obs.trainer.failed or p.phase == "Suspended"):
         kube.delete("batch/v1", "Job", ns, jb.trainer_job_name(job, attempt))
 
     conds = p.conditions
@@ -223,7 +296,7 @@ def reconcile_job(kube: Session, body: Manifest, cfg: OperatorConfig, now: datet
         conds = conditions.set_condition(conds, c.COND_READY, False, "ImmutableFieldChanged",
                                          "; ".join(refused), now)
     new: dict[str, Any] = {
-        "phase": p.phase, "conditions": conds, "restarts": p.restarts,
+        "phase": p.phase, "conditions": conds, "restarts": p.restarts, "attempt": p.attempt,
         "totalSteps": status.get("totalSteps") or job.spec.steps,
         "rewards": [{"name": r.name, "endpoint": r.endpoint, "replicas": r.replicas,
                      "readyReplicas": r.ready_replicas} for r in obs.rewards],
@@ -234,16 +307,19 @@ def reconcile_job(kube: Session, body: Manifest, cfg: OperatorConfig, now: datet
     if restart:
         new["completionTime"] = None
     if scrape and p.phase == "Running":
-        new.update(_scrape(kube, job, p.restarts))
+        new.update(_scrape(kube, job, p.attempt))
         if ckpt := new.get("lastCheckpoint"):
             prev = status.get("lastCheckpoint") or {}
             same = prev.get("step") == ckpt["step"]
             ckpt["time"] = prev.get("time") if same else conditions.now_iso(now)
     _write_status(kube, body, c.JOB_KIND, new)
     events = _events(status.get("conditions") or [], conds)
-    if p.restarts != attempt:
-        events.append(("Warning", "GangRestart", f"trainer gang restarted: restart "
-                       f"{p.restarts} of backoffLimit {job.spec.run_policy.backoff_limit}"))
+    if "failedAttempt" in p.status:
+        counted = f"restart {p.restarts} of backoffLimit {job.spec.run_policy.backoff_limit}" \
+            if p.restarts != int(status.get("restarts") or 0) else \
+            "after a disruption, not counted against backoffLimit"
+        events.append(("Warning", "GangRestart", f"trainer gang attempt {attempt} failed "
+                       f"({obs.trainer.reason if obs.trainer else ''}): {counted}"))
     return Outcome(new, events)
 
 
@@ -260,13 +336,13 @@ def expired(body: Manifest, now: datetime) -> bool:
 
 
 def _template_drift(existing: Manifest, built: Manifest) -> bool:
-    """Whether what we set differs (the API server adds defaults we must not fight)."""
-    have, want = existing.get("spec") or {}, built["spec"]
-    if have.get("replicas") != want["replicas"]:
+    """Whether what we set differs (the API server adds defaults we must not fight, so the
+    pod template is compared by the hash of what we built)."""
+    if (existing.get("spec") or {}).get("replicas") != built["spec"]["replicas"]:
         return True
-    have_box = ((have.get("template") or {}).get("spec") or {}).get("containers") or [{}]
-    want_box = want["template"]["spec"]["containers"][0]
-    return any(have_box[0].get(k) != want_box[k] for k in ("image", "args", "resources"))
+    key = TEMPLATE_HASH_ANNOTATION
+    have = (existing["metadata"].get("annotations") or {}).get(key)
+    return have != built["metadata"]["annotations"][key]
 
 
 def reconcile_server(kube: Session, body: Manifest, now: datetime) -> Outcome:
@@ -283,19 +359,28 @@ def reconcile_server(kube: Session, body: Manifest, now: datetime) -> Outcome:
         new = {"conditions": conds}
         _write_status(kube, body, c.SERVER_KIND, new)
         return Outcome(new, _events(old.get("conditions") or [], conds))
+    try:
+        return _reconcile_server_children(kube, body, server, old, now)
+    except OwnershipConflict as exc:
+        return _conflict(kube, body, c.SERVER_KIND, exc, now)
+
+
+def _reconcile_server_children(kube: Session, body: Manifest, server: RewardServer,
+                               old: dict[str, Any], now: datetime) -> Outcome:
     ns, name = server.metadata.namespace, server.metadata.name
     if (labels_cm := sb.build_label_config(server)) is not None:
         kube.ensure(owned(labels_cm, body))
     built = owned(sb.build_deployment(server), body)
     deployment = kube.ensure(built)
     if _template_drift(deployment, built):
-        deployment = kube.patch("apps/v1", "Deployment", ns, name,
-                                {"spec": built["spec"]}) or deployment
+        deployment = kube.patch("apps/v1", "Deployment", ns, name, {
+            "metadata": {"annotations": built["metadata"]["annotations"]},
+            "spec": built["spec"]}) or deployment
     kube.ensure(owned(sb.build_service(server), body))
     pdb = sb.build_pdb(server)
     if pdb is not None:
         kube.ensure(owned(pdb, body))
-    elif kube.get("policy/v1", "PodDisruptionBudget", ns, name) is not None:
+    elif kube.get_owned("policy/v1", "PodDisruptionBudget", ns, name, body) is not None:
         kube.delete("policy/v1", "PodDisruptionBudget", ns, name)
     pods = kube.list("v1", "Pod", ns, sb.server_selector(server))
     new = server_status(server, deployment, pods, old, now)

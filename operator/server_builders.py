@@ -94,17 +94,20 @@ def build_deployment(server: RewardServer, replicas: int | None = None) -> Manif
     # Loading a large model can take minutes; liveness starts counting once it is up.
     box["startupProbe"] = _probe("/healthz", 5, 120)
     lbls = server_labels(server)
+    if queue := server.metadata.labels.get(meta.KUEUE_QUEUE_LABEL):
+        lbls[meta.KUEUE_QUEUE_LABEL] = queue  # Kueue admits the pods: no GPUs outside quota
+    template = meta.apply_pod_template(
+        {"metadata": {"labels": lbls}, "spec": meta.pod_spec([box], volumes)}, spec.pod_template)
+    body_meta = meta.metadata(name, server.metadata.namespace, lbls)
+    body_meta["annotations"] = {meta.TEMPLATE_HASH_ANNOTATION: meta.template_hash(template)}
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
-        "metadata": meta.metadata(name, server.metadata.namespace, lbls),
+        "metadata": body_meta,
         "spec": {
             "replicas": spec.replicas if replicas is None else replicas,
             "selector": {"matchLabels": server_selector(server)},
-            "template": {
-                "metadata": {"labels": lbls},
-                "spec": meta.pod_spec([box], volumes),
-            },
+            "template": template,
         },
     }
 

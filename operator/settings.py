@@ -14,6 +14,19 @@ class OperatorConfig:
     """Seconds between reconciliations of each job and server (children, status, metrics)."""
     start_timeout: int = 1800
     """Seconds trainer pods may stay unscheduled or unable to start before the job fails."""
+    restart_backoff: float = 10.0
+    """Seconds before the first trainer gang restart; doubles with each failure (10 min at
+    most), as the Job controller's own backoff does."""
+    leader_election: bool = False
+    """Reconcile only while holding a Lease, so two replicas never act at once (the chart
+    turns it on; off for one-process development runs)."""
+    lease_namespace: str = "default"
+    """Namespace of the leader-election Lease (the chart passes the operator's own)."""
+    lease_name: str = "rlaif-operator"
+    """Name of the leader-election Lease."""
+    lease_seconds: int = 15
+    """How long a Lease stays valid without renewal: a crashed leader's successor waits
+    at most this long."""
     scrape_metrics: bool = True
     """Scrape rank 0's Prometheus endpoint into status while a job runs."""
     metrics_port: int = 0

@@ -35,6 +35,14 @@ class WorkloadState:
     problem: Problem | None = None
     """Why pods are not running yet (Unschedulable, ImagePullBackOff, ...)."""
     created: datetime | None = None
+    exit_code: int | None = None
+    """The root-cause pod's exit code (of a failed Job)."""
+    disrupted: bool = False
+    """The root cause was a disruption (preemption, eviction, node drain or shutdown)."""
+    suspended: bool = False
+    """spec.suspend is set (a queue such as Kueue has not admitted the Job yet)."""
+    started: datetime | None = None
+    """When the Job controller last started (or resumed) it: status.startTime."""
 
 
 def _terminated_problem(name: str, term: Manifest) -> Problem | None:
@@ -70,6 +78,44 @@ def pod_problem(pod: Manifest) -> Problem | None:
                 message = f"{message}; last run: {extra.message}"
             return Problem(waiting["reason"], message)
     return None
+
+
+def disruption(pod: Manifest) -> Problem | None:
+    """The pod's DisruptionTarget condition: Kubernetes took it away, it did not crash."""
+    for cond in (pod.get("status") or {}).get("conditions") or []:
+        if cond.get("type") == "DisruptionTarget" and cond.get("status") == "True":
+            return Problem(cond.get("reason") or "DisruptionTarget",
+                           cond.get("message") or "the pod was disrupted")
+    return None
+
+
+def _exit(pod: Manifest) -> tuple[str, int | None]:
+    """(finishedAt, exit code) of the pod's first container to end with an error."""
+    ended = [t for box in (pod.get("status") or {}).get("containerStatuses") or []
+             if (t := (box.get("state") or {}).get("terminated")) and t.get("exitCode")]
+    if not ended:
+        return "~", None  # sorts after every timestamp
+    first = min(ended, key=lambda t: t.get("finishedAt") or "~")
+    return first.get("finishedAt") or "~", first.get("exitCode")
+
+
+SIGTERM_EXIT = 143
+
+
+def root_cause(pods: list[Manifest]) -> tuple[Manifest | None, int | None]:
+    """The pod whose failure brought the gang down, and its exit code: the first to end, a
+    disrupted pod before its siblings, and never a sibling's SIGTERM (143) if another pod
+    failed in the same second."""
+    failing = [p for p in pods if disruption(p) or _exit(p)[1] is not None]
+    if not failing:
+        return None, None
+
+    def order(pod: Manifest) -> tuple[str, bool, bool]:
+        at, code = _exit(pod)
+        return at, disruption(pod) is None, code == SIGTERM_EXIT
+
+    pod = min(failing, key=order)
+    return pod, _exit(pod)[1]
 
 
 def first_problem(pods: list[Manifest]) -> Problem | None:
@@ -115,15 +161,22 @@ def summarize_job(job: Manifest | None, pods: list[Manifest],
     problem = first_problem(pods) or (None if pods else creation_problem(events or []))
     base: dict[str, Any] = {"active": status.get("active") or 0,
                             "ready": status.get("ready") or 0, "problem": problem,
-                            "created": created}
+                            "created": created, "started": parse_time(status.get("startTime")),
+                            "suspended": bool((job.get("spec") or {}).get("suspend"))}
     if _job_condition(job, "Complete"):
         return WorkloadState(**base, succeeded=True, reason="Completed")
     if failed := _job_condition(job, "Failed"):
         reason = failed.get("reason") or "Failed"
         message = failed.get("message") or "the Job failed"
-        if reason != "DeadlineExceeded" and problem is not None:
-            reason, message = problem.reason, problem.message
-        return WorkloadState(**base, failed=True, reason=reason, message=message)
+        root, code = root_cause(pods)
+        cause = (disruption(root) or pod_problem(root)) if root is not None else problem
+        if reason != "DeadlineExceeded" and cause is not None:
+            reason, message = cause.reason, cause.message
+            if root is not None:
+                message = f"pod {root['metadata'].get('name')}: {message}"
+        disrupted = root is not None and disruption(root) is not None
+        return WorkloadState(**base, failed=True, reason=reason, message=message,
+                             exit_code=code, disrupted=disrupted)
     return WorkloadState(**base)
 
 

@@ -8,8 +8,13 @@ processesPerNode) and the environment (MASTER_ADDR, MASTER_PORT, NODE_RANK):
 - N nodes: ``torchrun`` with a static rendezvous at MASTER_ADDR:MASTER_PORT (no ssh, which
   pods do not have), one launcher per pod with its NODE_RANK.
 
-A process started by a launcher (LOCAL_RANK set) is one rank and trains.
-Exit codes: 0 done, 1 failed, 130 stopped on request after a checkpoint.
+A process started by a launcher (LOCAL_RANK set) is one rank and trains. The launcher runs
+as a child of this process, which stays the pod's first process: SIGTERM (pod deletion,
+eviction, preemption, suspend) becomes the STOP file every rank on every node reads after its
+step, so the gang checkpoints together within the grace period instead of being killed by
+the launcher (see ``supervise``).
+Exit codes: 0 done, 1 failed, 2 invalid config (the operator does not retry), 130 stopped
+on request after a checkpoint.
 """
 
 from __future__ import annotations
@@ -18,6 +23,8 @@ import argparse
 import importlib
 import logging
 import os
+import signal
+import subprocess
 import sys
 from pathlib import Path
 
@@ -63,6 +70,34 @@ def launcher_command(config_path: Path, nodes: int, per_node: int, env: dict[str
             "-m", "rlaif.trainer.main", *target]
 
 
+def supervise(argv: list[str], stop_file: Path) -> int:
+    """Run the launcher and turn SIGTERM/SIGINT into ``stop_file``.
+
+    Kubernetes signals only the container's first process. The DeepSpeed launcher kills its
+    ranks when signalled and torchrun SIGKILLs them 30 s later, both too soon for a large
+    checkpoint; a signal in one pod of a multi-node gang would not reach the other pods at
+    all. The STOP file is on the checkpoint volume every node shares: each rank finishes its
+    step, they agree to stop, checkpoint together and exit (EXIT_STOPPED), and the next gang
+    resumes at the following step.
+    """
+    from rlaif.trainer.loop import EXIT_STOPPED
+
+    signalled: list[int] = []
+
+    def request_stop(signum: int, _frame: object) -> None:
+        log.info("signal %d: asking every rank to checkpoint and stop", signum)
+        signalled.append(signum)
+        stop_file.parent.mkdir(parents=True, exist_ok=True)
+        stop_file.touch()
+
+    child = subprocess.Popen(argv)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, request_stop)
+    code = child.wait()
+    # A stop another node asked for ends this node's ranks too: report it as a stop.
+    return EXIT_STOPPED if code != 0 and (signalled or stop_file.exists()) else code
+
+
 def configure_logging() -> None:
     rank = os.environ.get("RANK", "0")
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
@@ -83,7 +118,13 @@ def run_rank(config: TrainerConfig, *, overlap: bool = True,
     """Train as one rank of the job (joining the process group the launcher set up)."""
     from rlaif.reward_client import RewardClient, RewardUnavailable
     from rlaif.trainer.distributed import init_distributed
-    from rlaif.trainer.loop import EXIT_FAILED, StopRequest, TrainingLoop, seed_everything
+    from rlaif.trainer.loop import (
+        EXIT_FAILED,
+        STOP_FILE,
+        StopRequest,
+        TrainingLoop,
+        seed_everything,
+    )
 
     set_cpu_threads()
     ctx = init_distributed()
@@ -97,7 +138,7 @@ def run_rank(config: TrainerConfig, *, overlap: bool = True,
     module = importlib.import_module(ALGORITHMS[config.spec.algorithm])
     algorithm = module.build_algorithm(config, ctx.rank, ctx.world_size)
     seed_everything(config.spec.seed + 7919 * ctx.rank)  # different samples per rank
-    stop = StopRequest(Path(config.output_dir) / "STOP")
+    stop = StopRequest(Path(config.output_dir) / STOP_FILE)
     stop.install_signal_handlers()
     client = RewardClient(config.rewards)
     try:
@@ -118,20 +159,25 @@ def train_command(args: argparse.Namespace) -> int:
         config = load_config(path)
     except ConfigError as exc:
         print(exc, file=sys.stderr)
-        return 2
+        return c.EXIT_INVALID_CONFIG
     if "LOCAL_RANK" not in os.environ:  # not started by a launcher: pick one
+        from rlaif.trainer.loop import STOP_FILE
+
+        # A STOP file left by the stopped gang this one resumes would stop it at once.
+        stop_file = Path(config.output_dir) / STOP_FILE
+        stop_file.unlink(missing_ok=True)
         trainer = config.spec.trainer
         argv = launcher_command(path.resolve(), trainer.nodes, trainer.processes_per_node,
                                 dict(os.environ))
         if argv is not None:
             log.info("launching %d x %d ranks: %s", trainer.nodes, trainer.processes_per_node,
                      " ".join(argv))
-            os.execv(argv[0], argv)
+            return supervise(argv, stop_file)
     try:
         return run_rank(config, config_path=path)
     except ConfigError as exc:
         print(exc, file=sys.stderr)
-        return 2
+        return c.EXIT_INVALID_CONFIG
 
 
 def main(argv: list[str] | None = None) -> int:

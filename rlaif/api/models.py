@@ -6,24 +6,164 @@ derived from these models. Defaults follow RLAIF-SPA where the paper states them
 
 from __future__ import annotations
 
-from typing import Any, Literal
+import math
+import re
+from typing import Annotated, Any, Literal
 
-from pydantic import Field
+from pydantic import AfterValidator, BeforeValidator, Field, ValidationError, model_validator
 
 from rlaif import constants as c
 from rlaif.api.base import Model
 from rlaif.api.labels import LabelSchema
+from rlaif.api.podsecurity import restricted_violations
 
 K8sObject = dict[str, Any]
 """A plain Kubernetes object (ResourceRequirements, Volume, ...), passed through untouched."""
 
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+RFC1035_LABEL = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
+SHARED_VOLUME_TYPES = ("persistentVolumeClaim", "csi", "ephemeral")
+"""Volume types that can hold checkpoints every node of a gang sees (an RWX claim or CSI)."""
 
 Algorithm = Literal["grpo", "dlpo"]
 PolicyKind = Literal["prosody-lm", "codec-lm", "wavegrad2"]
 RewardKind = Literal["asr", "judge", "mos", "speaker"]
 AUTOREGRESSIVE_POLICIES = ("prosody-lm", "codec-lm")
+MAX_STEPS = 10_000_000
+"""Sane maxima refuse typos such as 10**30 steps before a trainer tries them."""
 DIFFUSION_POLICIES = ("wavegrad2",)
+
+
+# --------------------------------------------------------------------------- resources
+
+QUANTITY = r"^[+]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][-+]?[0-9]+|[numkMGTPE]|[KMGTPE]i)?$"
+RESOURCE_NAME = r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$"
+
+
+def _quantity(value: object) -> object:
+    if isinstance(value, str):
+        ok = len(value) <= 64 and re.fullmatch(QUANTITY, value) is not None
+    else:
+        ok = (isinstance(value, (int, float)) and not isinstance(value, bool)
+              and math.isfinite(value) and 0 <= value < 2**63)
+    if not ok:
+        raise ValueError(f"must be a quantity such as 500m, 4Gi or 2, got {value!r:.40}")
+    return value
+
+
+Quantity = Annotated[str | int | float, BeforeValidator(_quantity)]
+ResourceList = dict[Annotated[str, Field(pattern=RESOURCE_NAME, max_length=253)], Quantity]
+
+
+class _ResourceClaim(Model):
+    name: str = Field(pattern=DNS_LABEL)
+    request: str | None = None
+
+
+class _ResourceRequirements(Model):
+    limits: ResourceList = Field(default_factory=dict)
+    requests: ResourceList = Field(default_factory=dict)
+    claims: list[_ResourceClaim] = Field(default_factory=list)
+
+
+def _resource_requirements(value: K8sObject) -> K8sObject:
+    """A Kubernetes ResourceRequirements (requests/limits of quantities), kept a plain dict
+    for the builders; anything else (a typo, a nested structure) is refused by name."""
+    try:
+        _ResourceRequirements.model_validate(value)
+    except ValidationError as exc:
+        raise ValueError("; ".join(
+            f"{'.'.join(map(str, e['loc']))}: {e['msg']}".replace("Value error, ", "")
+            .replace("Input should", "must").replace("String should", "must")
+            for e in exc.errors()[:3])) from None
+    return value
+
+
+Resources = Annotated[K8sObject, AfterValidator(_resource_requirements)]
+
+
+# --------------------------------------------------------------------------- pod overrides
+
+
+class PodMetadataOverride(Model):
+    """Labels and annotations added to the pods (a Volcano queue, a Multus network, ...)."""
+
+    labels: dict[str, str] = Field(default_factory=dict, description="Pod labels; the "
+                                   "operator's own labels (selectors) win on a clash.")
+    annotations: dict[str, str] = Field(default_factory=dict, description="Pod annotations.")
+
+
+class ContainerOverride(Model):
+    """Changes to one container of the built pod, matched by name."""
+
+    name: str = Field(pattern=DNS_LABEL, description="trainer, server or labeler.")
+    image: str | None = Field(None, description="Replaces the image.")
+    env: list[K8sObject] = Field(default_factory=list, description="EnvVars, merged by name "
+                                 "over the built ones (NCCL_*, HF_*).")
+    env_from: list[K8sObject] = Field(default_factory=list, description="EnvFromSources, added.")
+    volume_mounts: list[K8sObject] = Field(default_factory=list, description="VolumeMounts, "
+                                           "added (same mountPath replaces).")
+    security_context: K8sObject | None = Field(None, description="Merged over the built "
+                                               "(restricted) SecurityContext.")
+
+
+class PodSpecOverride(Model):
+    """The PodSpec fields a pod override may set; everything else stays as built."""
+
+    node_selector: dict[str, str] = Field(default_factory=dict, description="Merged over the "
+                                          "built nodeSelector.")
+    tolerations: list[K8sObject] = Field(default_factory=list, description="Added tolerations "
+                                         "(tainted GPU pools, spot nodes).")
+    affinity: K8sObject | None = Field(None, description="Affinity (replaces).")
+    topology_spread_constraints: list[K8sObject] = Field(default_factory=list,
+                                                         description="Added constraints.")
+    priority_class_name: str | None = Field(None, description="PriorityClass of the pods.")
+    runtime_class_name: str | None = Field(None, description="RuntimeClass (e.g. nvidia).")
+    scheduler_name: str | None = Field(None, description="Scheduler (overrides "
+                                       "runPolicy.schedulerName for these pods).")
+    service_account_name: str | None = Field(None, description="ServiceAccount of the pods.")
+    image_pull_secrets: list[K8sObject] = Field(default_factory=list, description="Added "
+                                                "LocalObjectReferences.")
+    security_context: K8sObject | None = Field(None, description="Merged over the built "
+                                               "(restricted) PodSecurityContext.")
+    volumes: list[K8sObject] = Field(default_factory=list, description="Added volumes (same "
+                                     "name replaces).")
+    containers: list[ContainerOverride] = Field(default_factory=list, description="Per-"
+                                                "container changes, matched by name.")
+
+
+class PodTemplate(Model):
+    """A partial PodTemplateSpec merged over the pod the operator builds."""
+
+    metadata: PodMetadataOverride = Field(default_factory=PodMetadataOverride,
+                                          description="Pod labels and annotations.")
+    spec: PodSpecOverride = Field(default_factory=PodSpecOverride, description="Pod fields.")
+
+    @model_validator(mode="after")
+    def _restricted(self) -> PodTemplate:
+        """Built pods pass the restricted Pod Security Standard; an override may not undo it."""
+        errors = restricted_violations(self.spec.model_dump(by_alias=True, exclude_none=True),
+                                       partial=True)
+        if errors:
+            raise ValueError("breaks the restricted Pod Security Standard: " + "; ".join(errors))
+        return self
+
+    def check_containers(self, allowed: str) -> PodTemplate:
+        """Only the named container may be changed (the others are the operator's own)."""
+        for box in self.spec.containers:
+            if box.name != allowed:
+                raise ValueError(f"spec.containers: no container named {box.name!r} in this pod "
+                                 f"(the pod's container is {allowed!r})")
+        return self
+
+
+def _only(container: str) -> AfterValidator:
+    return AfterValidator(lambda template: template.check_containers(container))
+
+
+def _pod_template(container: str) -> Any:
+    return Field(None, description=f"Partial pod template merged over the built pod (its "
+                 f"container is {container}): nodeSelector, tolerations, env, ...")
 
 
 # --------------------------------------------------------------------------- policy
@@ -32,8 +172,8 @@ DIFFUSION_POLICIES = ("wavegrad2",)
 class LoraSpec(Model):
     """LoRA adapters (peft). RLAIF-SPA: r 8, alpha 32, dropout 0.05 on attention and MLP."""
 
-    r: int = Field(8, ge=1, description="LoRA rank.")
-    alpha: int = Field(32, ge=1, description="LoRA scaling alpha.")
+    r: int = Field(8, ge=1, le=4096, description="LoRA rank.")
+    alpha: int = Field(32, ge=1, le=65536, description="LoRA scaling alpha.")
     dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the LoRA path.")
     target_modules: list[str] = Field(
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj",
@@ -89,6 +229,7 @@ class LabelingSpec(Model):
     input: str | None = Field(None, description="Texts to label (txt, jsonl or csv); the labelled "
                                                 "prompts go to spec.data.prompts.")
     concurrency: int = Field(4, ge=1, le=256, description="Requests in flight.")
+    pod_template: Annotated[PodTemplate, _only("labeler")] | None = _pod_template("labeler")
 
 
 # --------------------------------------------------------------------------- rewards
@@ -107,12 +248,14 @@ class RewardSpec(Model):
     kind: RewardKind | None = Field(None, description="asr, judge, mos or speaker.")
     model: str | None = Field(None, description="Model directory or builtin: reference.")
     server_ref: ServerRef | None = Field(None, description="Use a shared RewardServer instead.")
-    weight: float = Field(gt=0, description="Weight in the total reward (weighted sum).")
-    replicas: int = Field(1, ge=0, description="Server replicas (own servers only).")
-    resources: K8sObject = Field(default_factory=dict, description="Kubernetes "
+    weight: float = Field(gt=0, le=1000, allow_inf_nan=False,
+                          description="Weight in the total reward (weighted sum).")
+    replicas: int = Field(1, ge=0, le=1000, description="Server replicas (own servers only).")
+    resources: Resources = Field(default_factory=dict, description="Kubernetes "
                                  "ResourceRequirements, e.g. limits: {nvidia.com/gpu: 1}.")
     max_batch: int = Field(16, ge=1, le=1024, description="Micro-batch size of the server.")
     max_wait_ms: int = Field(10, ge=0, le=10000, description="Longest wait to fill a batch.")
+    pod_template: Annotated[PodTemplate, _only("server")] | None = _pod_template("server")
 
 
 # --------------------------------------------------------------------------- algorithms
@@ -121,10 +264,11 @@ class RewardSpec(Model):
 class GRPOSpec(Model):
     """Group Relative Policy Optimisation (RLAIF-SPA defaults)."""
 
-    group_size: int = Field(4, ge=2, description="Samples per prompt (G).")
-    batch_size: int = Field(1, ge=1, description="Prompts per step on each rank.")
-    learning_rate: float = Field(5e-6, gt=0, description="Adam learning rate.")
-    kl_coef: float = Field(0.01, ge=0, description="Weight of the k3 KL to the reference.")
+    group_size: int = Field(4, ge=2, le=1024, description="Samples per prompt (G).")
+    batch_size: int = Field(1, ge=1, le=4096, description="Prompts per step on each rank.")
+    learning_rate: float = Field(5e-6, gt=0, le=1, description="Adam learning rate.")
+    kl_coef: float = Field(0.01, ge=0, le=1000, allow_inf_nan=False,
+                           description="Weight of the k3 KL to the reference.")
     clip_epsilon: float = Field(0.2, gt=0, lt=1, description="PPO clip range (low side).")
     clip_epsilon_high: float | None = Field(None, gt=0, lt=1,
                                             description="Upper clip range; default clipEpsilon.")
@@ -134,9 +278,9 @@ class GRPOSpec(Model):
         "sequence-mean", description="Token mean per sequence then batch mean (RLAIF-SPA), or "
                                      "token sum over a constant (Dr. GRPO).")
     inner_iterations: int = Field(1, ge=1, le=16, description="Updates per batch of rollouts.")
-    temperature: float = Field(1.0, gt=0, description="Sampling temperature.")
+    temperature: float = Field(1.0, gt=0, le=100, description="Sampling temperature.")
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling threshold.")
-    max_new_tokens: int = Field(1024, ge=1, description="Longest generated sequence.")
+    max_new_tokens: int = Field(1024, ge=1, le=100_000, description="Longest generated sequence.")
 
 
 class DLPOSpec(Model):
@@ -144,15 +288,18 @@ class DLPOSpec(Model):
 
     objective: Literal["dlpo", "ddpo", "dpok", "rwr", "klinr"] = Field(
         "dlpo", description="dlpo (reward + diffusion loss) or a baseline of the paper.")
-    group_size: int = Field(4, ge=2, description="Denoising chains per text (G).")
-    batch_size: int = Field(1, ge=1, description="Texts per step on each rank.")
+    group_size: int = Field(4, ge=2, le=1024, description="Denoising chains per text (G).")
+    batch_size: int = Field(1, ge=1, le=4096, description="Texts per step on each rank.")
     denoising_steps: int = Field(50, ge=2, le=1000, description="Model evaluations per "
                                  "sampling chain (the last one is noise-free; 1000 = the "
                                  "paper's full chain).")
-    learning_rate: float = Field(3e-5, gt=0, description="Adam learning rate (paper: 3e-5).")
-    reward_scale: float = Field(5.0, gt=0, description="Multiplies the reward (paper: 5).")
-    diffusion_loss_coef: float = Field(1.0, ge=0, description="Weight of the diffusion loss.")
-    kl_coef: float = Field(0.01, ge=0, description="Reference penalty weight (dpok, klinr).")
+    learning_rate: float = Field(3e-5, gt=0, le=1, description="Adam learning rate (paper: 3e-5).")
+    reward_scale: float = Field(5.0, gt=0, le=1000, allow_inf_nan=False,
+                                description="Multiplies the reward (paper: 5).")
+    diffusion_loss_coef: float = Field(1.0, ge=0, le=1000, allow_inf_nan=False,
+                                       description="Weight of the diffusion loss.")
+    kl_coef: float = Field(0.01, ge=0, le=1000, allow_inf_nan=False,
+                           description="Reference penalty weight (dpok, klinr).")
     clip_epsilon: float = Field(0.2, gt=0, lt=1, description="PPO clip for reused rollouts.")
     inner_iterations: int = Field(1, ge=1, le=16, description="Updates per batch of rollouts.")
     ema_decay: float = Field(0.0, ge=0, lt=1, description="EMA of weights; 0 disables "
@@ -167,9 +314,11 @@ class DeepSpeedSpec(Model):
 
     zero_stage: int = Field(2, ge=0, le=3, description="ZeRO stage.")
     offload_optimizer: bool = Field(False, description="Keep optimizer state in CPU memory.")
-    gradient_clipping: float = Field(1.0, ge=0, description="Gradient-norm clip; 0 disables.")
-    warmup_steps: int = Field(0, ge=0, description="Linear learning-rate warm-up.")
-    lr_decay_every: int = Field(100, ge=1, description="StepLR period (RLAIF-SPA: 100).")
+    gradient_clipping: float = Field(1.0, ge=0, le=1e6, allow_inf_nan=False,
+                                     description="Gradient-norm clip; 0 disables.")
+    warmup_steps: int = Field(0, ge=0, le=MAX_STEPS, description="Linear learning-rate warm-up.")
+    lr_decay_every: int = Field(100, ge=1, le=MAX_STEPS,
+                                description="StepLR period (RLAIF-SPA: 100).")
     lr_decay_gamma: float = Field(0.95, gt=0, le=1, description="StepLR factor (RLAIF-SPA: 0.95).")
 
 
@@ -177,18 +326,19 @@ class TrainerSpec(Model):
     """Trainer pods: one per node, each running processesPerNode ranks."""
 
     image: str = Field(c.TRAINER_IMAGE, description="Trainer container image.")
-    nodes: int = Field(1, ge=1, description="Trainer pods.")
-    processes_per_node: int = Field(1, ge=1, description="Ranks per pod (GPUs per pod).")
+    nodes: int = Field(1, ge=1, le=1024, description="Trainer pods.")
+    processes_per_node: int = Field(1, ge=1, le=64, description="Ranks per pod (GPUs per pod).")
     deepspeed: DeepSpeedSpec = Field(default_factory=DeepSpeedSpec, description="Engine.")
-    resources: K8sObject = Field(default_factory=dict, description="ResourceRequirements.")
+    resources: Resources = Field(default_factory=dict, description="ResourceRequirements.")
     metrics_port: int = Field(c.METRICS_PORT, ge=1, le=65535, description="Prometheus port.")
+    pod_template: Annotated[PodTemplate, _only("trainer")] | None = _pod_template("trainer")
 
 
 class CheckpointSpec(Model):
     """Checkpoints, written atomically under /checkpoints (mount a volume named checkpoints)."""
 
-    every_steps: int = Field(50, ge=1, description="Steps between checkpoints.")
-    keep: int = Field(3, ge=1, description="Newest checkpoints kept.")
+    every_steps: int = Field(50, ge=1, le=MAX_STEPS, description="Steps between checkpoints.")
+    keep: int = Field(3, ge=1, le=1000, description="Newest checkpoints kept.")
     save_merged: bool = Field(False, description="At the end, also save the LoRA adapters "
                                                  "merged into the base model (output/merged), "
                                                  "loadable without peft.")
@@ -205,8 +355,15 @@ class RunPolicy(Model):
     suspend: bool = Field(False, description="Stop trainers after a checkpoint; scale rewards "
                                              "to zero.")
     scheduler_name: str | None = Field(None, description="Pod scheduler (e.g. volcano).")
+    gang_scheduling: Literal["volcano", "coscheduling"] | None = Field(
+        None, description="Create a PodGroup (minMember = trainer.nodes) for Volcano or the "
+                          "scheduler-plugins coscheduling plugin, so the gang is placed whole "
+                          "or not at all; volcano also sets schedulerName volcano if unset.")
     rewards_ready_timeout_seconds: int = Field(900, ge=1, description="Fail if reward servers "
                                                                       "are not ready by then.")
+    keep_reward_servers: bool = Field(False, description="Keep the job's own reward servers "
+                                      "running after it finishes (default: scale them to 0 "
+                                      "replicas, freeing their GPUs).")
 
 
 class RLAIFJobSpec(Model):
@@ -224,8 +381,8 @@ class RLAIFJobSpec(Model):
     grpo: GRPOSpec = Field(default_factory=GRPOSpec, description="GRPO settings.")
     dlpo: DLPOSpec = Field(default_factory=DLPOSpec, description="DLPO settings.")
     trainer: TrainerSpec = Field(default_factory=TrainerSpec, description="Trainer pods.")
-    steps: int = Field(1000, ge=1, description="Training steps.")
-    seed: int = Field(0, ge=0, description="Random seed (offset per rank).")
+    steps: int = Field(1000, ge=1, le=MAX_STEPS, description="Training steps.")
+    seed: int = Field(0, ge=0, lt=2**63, description="Random seed (offset per rank).")
     checkpoint: CheckpointSpec = Field(default_factory=CheckpointSpec, description="Checkpoints.")
     volumes: list[K8sObject] = Field(default_factory=list, description="Pod volumes.")
     volume_mounts: list[K8sObject] = Field(default_factory=list,
@@ -263,7 +420,8 @@ class CheckpointStatus(Model):
     time: str | None = None
 
 
-Phase = Literal["Pending", "Labeling", "Starting", "Running", "Succeeded", "Failed", "Suspended"]
+Phase = Literal["Pending", "Labeling", "Queued", "Starting", "Running", "Succeeded", "Failed",
+                "Suspended"]
 
 
 class RLAIFJobStatus(Model):
@@ -277,6 +435,14 @@ class RLAIFJobStatus(Model):
     start_time: str | None = None
     completion_time: str | None = None
     restarts: int | None = None
+    disruptions: int | None = Field(None, description="Gang restarts after a disruption "
+                                    "(preemption, eviction, node drain); not counted against "
+                                    "backoffLimit.")
+    attempt: int | None = Field(None, description="The current trainer gang attempt.")
+    failed_attempt: int | None = Field(None, description="The last attempt whose failure was "
+                                       "counted (so a failure is counted once).")
+    restart_after: str | None = Field(None, description="No new gang before this time "
+                                      "(exponential backoff).")
     metrics: dict[str, float] = Field(default_factory=dict,
                                       description="Latest step metrics (reward, kl, loss, ...).")
     rewards: list[RewardStatus] = Field(default_factory=list)
@@ -288,8 +454,8 @@ class RewardServerSpec(Model):
 
     kind: RewardKind = Field(description="asr, judge, mos or speaker.")
     model: str = Field(min_length=1, description="Model directory or builtin: reference.")
-    replicas: int = Field(1, ge=0, description="Server pods.")
-    resources: K8sObject = Field(default_factory=dict, description="ResourceRequirements.")
+    replicas: int = Field(1, ge=0, le=1000, description="Server pods.")
+    resources: Resources = Field(default_factory=dict, description="ResourceRequirements.")
     max_batch: int = Field(16, ge=1, le=1024, description="Micro-batch size.")
     max_wait_ms: int = Field(10, ge=0, le=10000, description="Longest wait to fill a batch.")
     image: str = Field(c.REWARD_IMAGE, description="Reward server image.")
@@ -297,6 +463,7 @@ class RewardServerSpec(Model):
                                       description="Label values the judge accepts.")
     volumes: list[K8sObject] = Field(default_factory=list, description="Pod volumes.")
     volume_mounts: list[K8sObject] = Field(default_factory=list, description="Mounts.")
+    pod_template: Annotated[PodTemplate, _only("server")] | None = _pod_template("server")
 
 
 class RewardServerStatus(Model):
@@ -318,7 +485,8 @@ class ObjectMeta(Model):
 
     model_config = Model.model_config | {"extra": "allow"}
 
-    name: str = Field(pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$", max_length=63)
+    name: str = Field(pattern=RFC1035_LABEL, max_length=63, description="An RFC 1035 label "
+                      "(lower-case letter first, no dots): the operator names Services after it.")
     namespace: str | None = None
     labels: dict[str, str] = Field(default_factory=dict)
     annotations: dict[str, str] = Field(default_factory=dict)
@@ -332,6 +500,18 @@ class RLAIFJob(Model):
     metadata: ObjectMeta
     spec: RLAIFJobSpec
     status: RLAIFJobStatus | None = None
+
+    @model_validator(mode="after")
+    def _shared_checkpoints(self) -> RLAIFJob:
+        """Every node of a gang resumes from the same newest checkpoint, so it must be on a
+        volume they all mount; an emptyDir per pod would fail at the first resume."""
+        if self.spec.trainer.nodes > 1 and not any(
+                v.get("name") == c.CHECKPOINT_VOLUME and set(v) & set(SHARED_VOLUME_TYPES)
+                for v in self.spec.volumes):
+            raise ValueError(f"spec.volumes: trainer.nodes is {self.spec.trainer.nodes}, so a "
+                             f"volume named {c.CHECKPOINT_VOLUME!r} shared by every node is "
+                             f"required (a ReadWriteMany persistentVolumeClaim or a csi volume)")
+        return self
 
 
 class RewardServer(Model):

@@ -67,7 +67,9 @@ def test_chart_crds_are_the_generated_ones() -> None:
 
 def test_default_install_watches_every_namespace_with_a_cluster_role() -> None:
     docs = template()
-    assert not by_kind(docs, "Role")
+    (leader,) = by_kind(docs, "Role")  # the leader-election Lease, in the release namespace
+    assert leader["rules"] == [{"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
+                                "verbs": ["get", "create", "patch"]}]
     (role,) = by_kind(docs, "ClusterRole")
     rules = role["rules"]
     assert all("*" not in r["verbs"] and "*" not in r["resources"] for r in rules)
@@ -79,8 +81,9 @@ def test_default_install_watches_every_namespace_with_a_cluster_role() -> None:
 
 def test_namespaced_install_uses_roles_and_no_cluster_wide_rights() -> None:
     docs = template(*NON_DEFAULT)
-    roles = {r["metadata"]["namespace"] for r in by_kind(docs, "Role")}
-    assert roles == {"ml", "research"}
+    roles = {(r["metadata"]["namespace"], r["metadata"]["name"]) for r in by_kind(docs, "Role")}
+    assert roles == {("ml", "rlaif-rlaif-operator"), ("research", "rlaif-rlaif-operator"),
+                     ("rlaif-system", "rlaif-rlaif-operator-leader")}
     bindings = by_kind(docs, "RoleBinding")
     assert {b["subjects"][0]["name"] for b in bindings} == {"rlaif"}
     (webhook_role,) = by_kind(docs, "ClusterRole")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import http.server
 import threading
 from collections.abc import Callable, Iterator
+from datetime import datetime, timezone
 from functools import partial
 from typing import Any
 
@@ -18,6 +19,7 @@ import yaml
 
 from benchmarks.operator_emulator import EmulatedCluster, wait_for
 from rlaif import constants as c
+from rlaif.operator import admission, reconcile
 from rlaif.operator.kube import Kube
 from rlaif.operator.reconcile import INDEX_ANNOTATION, JOB_NAME_LABEL
 from tests.conftest import EXAMPLES, REPO
@@ -441,6 +443,204 @@ def test_failed_labeling_fails_the_job_with_the_reason(cluster: EmulatedCluster,
     assert "OPENAI_API_KEY is not set" in failed["message"]
 
 
+def test_pod_templates_reach_trainer_and_reward_pods(cluster: EmulatedCluster,
+                                                      kube: Kube) -> None:
+    ns = "overrides"
+    gpu = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+
+    def edit(doc: dict[str, Any]) -> None:
+        doc["spec"]["trainer"]["podTemplate"] = {"spec": {"tolerations": gpu, "containers": [
+            {"name": "trainer", "env": [{"name": "NCCL_DEBUG", "value": "INFO"}]}]}}
+        doc["spec"]["rewards"][0]["podTemplate"] = {
+            "metadata": {"labels": {"team": "speech"}},
+            "spec": {"nodeSelector": {"pool": "inference"}}}
+
+    apply(cluster, ns, "quickstart-cpu.yaml", edit)
+    dep = wait_for(lambda: kube.get("apps/v1", "Deployment", ns, QUICKSTART_SERVERS[0]),
+                   what="reward Deployment")
+    template = dep["spec"]["template"]
+    assert template["spec"]["nodeSelector"] == {"pool": "inference"}
+    assert template["metadata"]["labels"]["team"] == "speech"
+    assert template["spec"]["securityContext"]["runAsNonRoot"] is True
+    make_servers_ready(kube, ns, QUICKSTART_SERVERS)
+    trainer = wait_for(lambda: kube.get("batch/v1", "Job", ns, "quickstart-trainer-0"),
+                       what="trainer Job")
+    pod = trainer["spec"]["template"]["spec"]
+    assert pod["tolerations"] == gpu
+    assert {"name": "NCCL_DEBUG", "value": "INFO"} in pod["containers"][0]["env"]
+
+
+def test_finished_job_scales_its_reward_servers_to_zero(cluster: EmulatedCluster,
+                                                        kube: Kube) -> None:
+    ns = "release"
+    apply(cluster, ns, "quickstart-cpu.yaml")
+    make_servers_ready(kube, ns, QUICKSTART_SERVERS)
+    wait_for(lambda: kube.get("batch/v1", "Job", ns, "quickstart-trainer-0"), what="trainer")
+    run_trainer_pods(kube, ns, "quickstart-trainer-0")
+    wait_phase(kube, ns, "quickstart", "Running")
+    finish_job(kube, ns, "quickstart-trainer-0")
+    wait_phase(kube, ns, "quickstart", "Succeeded")
+    for name in QUICKSTART_SERVERS:
+        wait_for(has_replicas(kube, ns, name, 0), what=f"{name} scaled to zero")
+    released = wait_for(lambda: (r := condition(status(kube, ns, "quickstart"),
+                                                c.COND_REWARDS_READY)).get(
+        "reason") == "ScaledToZero" and r, what="ScaledToZero condition")
+    assert "keepRewardServers" in released["message"]
+    wait_for(lambda: any(e["reason"] == "ScaledToZero" for e in events(kube, ns)),
+             what="a ScaledToZero Event")
+
+
+def test_keep_reward_servers_keeps_them_through_suspend_and_the_end(cluster: EmulatedCluster,
+                                                                     kube: Kube) -> None:
+    ns = "keep"
+    apply(cluster, ns, "quickstart-cpu.yaml",
+          lambda d: d["spec"].update(runPolicy={"keepRewardServers": True, "suspend": True}))
+    wait_phase(kube, ns, "quickstart", "Suspended")  # the same pass synced the servers
+    assert all(existing(kube, *RS, ns, n)["spec"]["replicas"] == 1 for n in QUICKSTART_SERVERS)
+    # The end-of-job release, run directly against the cluster: it leaves them alone.
+    body = job(kube, ns, "quickstart")
+    body["status"]["phase"] = "Succeeded"
+    parsed, _ = admission.parse_job(body)
+    assert parsed is not None
+    outcome = reconcile.release_rewards(kube.session(), body, parsed, datetime.now(timezone.utc))
+    assert outcome.events == []
+    assert all(existing(kube, *RS, ns, n)["spec"]["replicas"] == 1 for n in QUICKSTART_SERVERS)
+
+
+def test_foreign_object_with_a_childs_name_is_not_adopted(cluster: EmulatedCluster,
+                                                          kube: Kube) -> None:
+    ns = "foreign"
+    foreign = {"apiVersion": "v1", "kind": "ConfigMap",
+               "metadata": {"name": "quickstart-config", "namespace": ns},
+               "data": {"owner": "someone else"}}
+    kube.create(foreign)
+    apply(cluster, ns, "quickstart-cpu.yaml")
+    ready = wait_for(lambda: (r := condition(status(kube, ns, "quickstart"), c.COND_READY))
+                     .get("reason") == "OwnershipConflict" and r, what="OwnershipConflict")
+    assert f"ConfigMap {ns}/quickstart-config exists" in ready["message"]
+    assert existing(kube, "v1", "ConfigMap", ns, "quickstart-config")["data"] == \
+        {"owner": "someone else"}, "the operator must not touch it"
+    assert "ownerReferences" not in existing(kube, "v1", "ConfigMap", ns,
+                                             "quickstart-config")["metadata"]
+    wait_for(lambda: any(e["reason"] == "OwnershipConflict" and e["type"] == "Warning"
+                         for e in events(kube, ns)), what="a Warning Event")
+    # Once the user removes it, the job carries on with its own.
+    kube.delete("v1", "ConfigMap", ns, "quickstart-config")
+    cm = wait_for(lambda: (m := kube.get("v1", "ConfigMap", ns, "quickstart-config")) and
+                  m.get("metadata", {}).get("ownerReferences") and m, what="own ConfigMap")
+    assert owner_uid(cm) == job(kube, ns, "quickstart")["metadata"]["uid"]
+
+
+def disrupt_trainer(kube: Kube, ns: str, job_name: str) -> None:
+    """Play the scheduler preempting rank 0: DisruptionTarget, then SIGTERM's exit 143."""
+    kube.patch("v1", "Pod", ns, f"{job_name}-0", {"status": {"phase": "Failed", "conditions": [
+        {"type": "DisruptionTarget", "status": "True", "reason": "PreemptionByScheduler",
+         "message": "Preempted in order to admit critical pod"}],
+        "containerStatuses": [{"name": "trainer", "ready": False, "state": {
+            "terminated": {"exitCode": 143, "reason": "Error"}}}]}}, "status")
+    kube.patch("batch/v1", "Job", ns, job_name, {"status": {"active": 0, "failed": 1,
+               "conditions": [{"type": "Failed", "status": "True",
+                               "reason": "PodFailurePolicy"}]}}, "status")
+
+
+def test_disruption_restarts_free_and_exit_2_fails_at_once(cluster: EmulatedCluster,
+                                                           kube: Kube) -> None:
+    ns = "failure-policy"
+    apply(cluster, ns, "quickstart-cpu.yaml",
+          lambda d: d["spec"].update(runPolicy={"backoffLimit": 0}))
+    make_servers_ready(kube, ns, QUICKSTART_SERVERS)
+    wait_for(lambda: kube.get("batch/v1", "Job", ns, "quickstart-trainer-0"), what="trainer")
+    run_trainer_pods(kube, ns, "quickstart-trainer-0")
+    wait_phase(kube, ns, "quickstart", "Running")
+    disrupt_trainer(kube, ns, "quickstart-trainer-0")
+    wait_for(lambda: kube.get("batch/v1", "Job", ns, "quickstart-trainer-1"), what="attempt 1")
+    st = status(kube, ns, "quickstart")
+    assert st["restarts"] == 0 and st["disruptions"] == 1, "a preemption is not a failure"
+    wait_for(lambda: any(e["reason"] == "GangRestart" and "PreemptionByScheduler" in e["message"]
+                         and "not counted" in e["message"] for e in events(kube, ns)),
+             what="a GangRestart Event naming the preemption")
+    wait_for(lambda: kube.get("batch/v1", "Job", ns, "quickstart-trainer-0") is None,
+             what="the preempted gang to be deleted")
+    run_trainer_pods(kube, ns, "quickstart-trainer-1")
+    wait_phase(kube, ns, "quickstart", "Running")
+    kube.patch("v1", "Pod", ns, "quickstart-trainer-1-0", {"status": {
+        "phase": "Failed", "containerStatuses": [{"name": "trainer", "ready": False, "state": {
+            "terminated": {"exitCode": 2, "message": "trainer.yaml: spec.steps: must be at "
+                                                     "least 1"}}}]}}, "status")
+    kube.patch("batch/v1", "Job", ns, "quickstart-trainer-1", {"status": {
+        "active": 0, "failed": 1, "conditions": [
+            {"type": "Failed", "status": "True", "reason": "PodFailurePolicy"}]}}, "status")
+    st = wait_phase(kube, ns, "quickstart", "Failed")
+    failed = condition(st, c.COND_FAILED)
+    assert failed["reason"] == "InvalidConfig" and "spec.steps" in failed["message"]
+    assert kube.get("batch/v1", "Job", ns, "quickstart-trainer-2") is None
+
+
+def test_kueue_queues_admits_and_suspends_through_job_deletion(cluster: EmulatedCluster,
+                                                                kube: Kube) -> None:
+    ns = "kueue"
+    queue = "kueue.x-k8s.io/queue-name"
+    apply(cluster, ns, "quickstart-cpu.yaml",
+          lambda d: d["metadata"].update(labels={queue: "gpu"}))
+    dep = wait_for(lambda: kube.get("apps/v1", "Deployment", ns, QUICKSTART_SERVERS[0]),
+                   what="reward Deployment")
+    assert dep["metadata"]["labels"][queue] == "gpu", "reward pods go through the queue too"
+    make_servers_ready(kube, ns, QUICKSTART_SERVERS)
+    trainer = wait_for(lambda: kube.get("batch/v1", "Job", ns, "quickstart-trainer-0"),
+                       what="trainer Job")
+    assert trainer["spec"]["suspend"] is True and trainer["metadata"]["labels"][queue] == "gpu"
+    st = wait_phase(kube, ns, "quickstart", "Queued")
+    assert condition(st, c.COND_READY)["reason"] == "Queued"
+    # Kueue admits the Workload by unsuspending the Job; the operator never does.
+    kube.patch("batch/v1", "Job", ns, "quickstart-trainer-0", {"spec": {"suspend": False}})
+    run_trainer_pods(kube, ns, "quickstart-trainer-0")
+    wait_phase(kube, ns, "quickstart", "Running")
+    # Suspending a queued job deletes the gang (Kueue would unsuspend a suspended Job) ...
+    cluster.kubectl("patch", "-n", ns, "rlaifjob/quickstart", "--type=merge",
+                    "-p", '{"spec": {"runPolicy": {"suspend": true}}}')
+    wait_phase(kube, ns, "quickstart", "Suspended")
+    wait_for(lambda: kube.get("batch/v1", "Job", ns, "quickstart-trainer-0") is None,
+             what="the gang to be deleted")
+    # ... and resuming queues a new attempt, suspended, for Kueue to admit.
+    cluster.kubectl("patch", "-n", ns, "rlaifjob/quickstart", "--type=merge",
+                    "-p", '{"spec": {"runPolicy": {"suspend": false}}}')
+    again = wait_for(lambda: kube.get("batch/v1", "Job", ns, "quickstart-trainer-1"),
+                     what="a new queued attempt")
+    assert again["spec"]["suspend"] is True
+    st = wait_phase(kube, ns, "quickstart", "Queued")
+    assert st["restarts"] == 0
+
+
+def lease_holder(kube: Kube) -> str:
+    lease = kube.get("coordination.k8s.io/v1", "Lease", "default", "rlaif-operator") or {}
+    return str((lease.get("spec") or {}).get("holderIdentity") or "")
+
+
+def test_a_second_replica_stands_by_until_the_leader_stops(cluster: EmulatedCluster,
+                                                            kube: Kube) -> None:
+    ns = "leader"
+    first = wait_for(lambda: lease_holder(kube), what="a leader")
+    leader_process = cluster.operator
+    assert leader_process is not None
+    standby_log = cluster.workdir / "operator-standby.log"
+    cluster.start_operator(standby_log)  # now cluster.operator is the standby
+    try:
+        wait_for(lambda: "does not hold the lease" in standby_log.read_text(),
+                 what="the standby to see the lease taken")
+        apply(cluster, ns, "quickstart-cpu.yaml")
+        wait_phase(kube, ns, "quickstart", "Starting")
+        assert lease_holder(kube) == first, "the standby must not take over a live lease"
+    finally:
+        leader_process.terminate()  # SIGTERM: kopf's cleanup releases the lease
+        leader_process.wait(30)
+    second = wait_for(lambda: (h := lease_holder(kube)) and h != first and h,
+                      what="the standby to take the lease")
+    assert second
+    make_servers_ready(kube, ns, QUICKSTART_SERVERS)
+    wait_for(lambda: kube.get("batch/v1", "Job", ns, "quickstart-trainer-0"),
+             what="the new leader to carry on")
+
+
 def test_kubectl_get_shows_the_jobs(cluster: EmulatedCluster) -> None:
     out = cluster.kubectl("get", "rlaifjobs", "-A", "-o", "name")
     assert "rlaifjob.rlaif.dev/quickstart" in out.stdout
@@ -452,12 +652,16 @@ def test_every_api_call_the_operator_made_is_granted_by_the_chart(
     """RBAC checked against what the real operator did in this module, not eyeballed."""
     from tests.integration.test_helm import allowed, by_kind, template
 
-    (role,) = by_kind(template(), "ClusterRole")
+    docs = template()
+    (role,) = by_kind(docs, "ClusterRole")
+    (leader,) = by_kind(docs, "Role")  # the Lease; the emulator's operator uses "default"
+    rules = role["rules"] + leader["rules"]
     assert cluster.emulator is not None
     calls = cluster.emulator.operator_calls
+    assert ("patch", "coordination.k8s.io", "leases", "") in calls
     assert ("create", "batch", "jobs", "") in calls and ("patch", c.GROUP, c.JOB_PLURAL,
                                                          "status") in calls
     denied = [(verb, group, resource + (f"/{sub}" if sub else ""))
               for verb, group, resource, sub in sorted(calls)
-              if not allowed(role["rules"], group, resource + (f"/{sub}" if sub else ""), verb)]
+              if not allowed(rules, group, resource + (f"/{sub}" if sub else ""), verb)]
     assert denied == [], f"the chart's ClusterRole lacks {denied}"

@@ -80,14 +80,23 @@ def write_config(tmp: Path, endpoints: list[RewardEndpoint], *, steps: int, rank
     return path, config
 
 
-def start_trainer(config: Path, log: Path) -> subprocess.Popen[bytes]:
+def start_trainer(config: Path, log: Path, **extra: str) -> subprocess.Popen[bytes]:
     env = {k: v for k, v in os.environ.items()  # an in-process rank of another test set these
            if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE")}
     env["MASTER_PORT"] = str(free_port())
+    env.update(extra)
     with open(log, "ab") as f:
         return subprocess.Popen([sys.executable, "-m", "rlaif.cli", "train", "--config",
                                  str(config)], stdout=f, stderr=subprocess.STDOUT, env=env,
                                 start_new_session=True)
+
+
+def metrics_up(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=1):
+            return True
+    except OSError:
+        return False
 
 
 def steps_logged(out: Path) -> list[int]:
@@ -142,3 +151,40 @@ def test_sigkill_mid_run_then_resume_logs_each_step_once(
     assert "resumed from" in log.read_text() and "step-00000002" in log.read_text()
     assert sorted(p.name for p in Path(config.checkpoint_dir).iterdir()) == [
         "step-00000004", "step-00000005"]  # keep: 2
+
+
+@pytest.mark.slow
+def test_sigterm_on_one_node_checkpoints_the_whole_gang_which_resumes(
+        tmp_path: Path, endpoints: list[RewardEndpoint]) -> None:
+    """Two nodes of one rank each (torchrun, static rendezvous, as in pods); SIGTERM reaches
+    only node 1's first process, as when the kubelet evicts one pod of the gang."""
+    config_path, config = write_config(tmp_path, endpoints, steps=3, ranks=1, zero=0, every=10)
+    two_nodes = TrainerConfig.load(config_path)
+    two_nodes.spec.trainer.nodes = 2
+    two_nodes.spec.grpo.group_size = 2  # cheaper steps; the stop logic is what is tested
+    config_path.write_text(two_nodes.dump())
+    out, log = Path(config.output_dir), tmp_path / "trainer.log"
+
+    def gang() -> list[subprocess.Popen[bytes]]:
+        port = str(free_port())
+        return [start_trainer(config_path, log, MASTER_ADDR="127.0.0.1", MASTER_PORT=port,
+                              NODE_RANK=str(rank)) for rank in (0, 1)]
+
+    nodes = gang()
+    try:
+        # Rank 0 serves its metrics once training has begun: stop during step 1.
+        wait_for(lambda: metrics_up(config.metrics_port), 300, "training to begin")
+        nodes[1].send_signal(signal.SIGTERM)
+        codes = [p.wait(timeout=120) for p in nodes]
+    finally:
+        for p in nodes:
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait()
+    assert codes == [130, 130], log.read_text()[-3000:]
+    stopped_at = steps_logged(out)[-1]
+    assert stopped_at < 3 and (Path(config.checkpoint_dir) / f"step-{stopped_at:08d}").exists()
+    nodes = gang()
+    assert [p.wait(timeout=300) for p in nodes] == [0, 0], log.read_text()[-3000:]
+    assert steps_logged(out) == [1, 2, 3], "the resumed gang continues at the next step"
+    assert f"step-{stopped_at:08d}" in log.read_text()

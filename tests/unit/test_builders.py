@@ -156,7 +156,9 @@ def test_trainer_job_is_an_indexed_gang_with_rendezvous_env() -> None:
     assert box["command"] == ["rlaif"]
     assert box["args"] == ["train", "--config", f"{c.CONFIG_DIR}/{c.CONFIG_FILE}"]
     assert "job-completion-index" in env["NODE_RANK"]["fieldRef"]["fieldPath"]
-    assert pod["initContainers"][0]["env"] == pod["containers"][0]["env"]
+    assert pod["initContainers"][0]["env"] == [*pod["containers"][0]["env"], {
+        "name": jb.WAIT_ENV, "value": str(jb.DEFAULT_WAIT_SECONDS)}]
+    assert spec["podFailurePolicy"]["rules"][0]["onExitCodes"]["values"] == [2]
     assert pod["containers"][0]["resources"] == {"limits": {"nvidia.com/gpu": 4}}
     mounts = {m["mountPath"]: m["name"] for m in pod["containers"][0]["volumeMounts"]}
     assert mounts[c.CHECKPOINT_DIR] == c.CHECKPOINT_VOLUME and mounts["/models"] == "models"
@@ -257,3 +259,62 @@ def test_long_names_stay_within_dns_limits() -> None:
         update={"name": "a" * 62 + "b"})}), 12)
     for child in jb.build_children(job):
         assert len(child["metadata"]["name"]) <= 63
+
+
+def test_reward_pods_mount_only_their_models_volume_read_only() -> None:
+    job = _job("rlaif-spa")  # volumes: models (ro claim), data (rw claim), checkpoints
+    for body in jb.build_reward_servers(job):
+        spec = body["spec"]
+        assert [v["name"] for v in spec["volumes"]] == ["models"]
+        assert spec["volumes"][0]["persistentVolumeClaim"]["readOnly"] is True
+        assert spec["volumeMounts"] == [{"name": "models", "mountPath": "/models",
+                                         "readOnly": True}]
+    builtin = [b for b in jb.build_reward_servers(_job("quickstart"))]
+    assert builtin and all(b["spec"].get("volumes", []) == [] for b in builtin)
+
+
+def test_multi_node_job_without_a_shared_checkpoint_volume_is_refused() -> None:
+    doc = _with_server_metadata(next(d for d in _docs() if d["metadata"]["name"] == "llasa-grpo"))
+    doc["spec"]["volumes"] = [v for v in doc["spec"]["volumes"] if v["name"] != "checkpoints"]
+    with pytest.raises(ValueError, match=r"spec\.volumes: trainer\.nodes is 2, so a volume "
+                                         r"named 'checkpoints'"):
+        RLAIFJob.model_validate(doc)
+    doc["spec"]["volumes"].append({"name": "checkpoints", "emptyDir": {}})
+    with pytest.raises(ValueError, match="shared by every node"):
+        RLAIFJob.model_validate(doc)
+
+
+@pytest.mark.parametrize("name", ["1job", "my.job", "a" * 64])
+def test_names_that_cannot_name_a_service_are_refused(name: str) -> None:
+    doc = _with_server_metadata(_docs()[0])
+    doc["metadata"]["name"] = name
+    with pytest.raises(ValueError, match=r"metadata\.name"):
+        RLAIFJob.model_validate(doc)
+
+
+@pytest.mark.parametrize("kind,group,key", [
+    ("volcano", "scheduling.volcano.sh/v1beta1", "annotations"),
+    ("coscheduling", "scheduling.x-k8s.io/v1alpha1", "labels")])
+def test_gang_scheduling_makes_a_pod_group_the_pods_join(kind: str, group: str,
+                                                         key: str) -> None:
+    doc = _with_server_metadata(next(d for d in _docs() if d["metadata"]["name"] == "llasa-grpo"))
+    doc["spec"].setdefault("runPolicy", {})["gangScheduling"] = kind
+    job = RLAIFJob.model_validate(doc)
+    group_body = jb.build_pod_group(job)
+    assert group_body is not None and group_body["apiVersion"] == group
+    assert group_body["spec"] == {"minMember": 2}
+    template = jb.build_trainer_job(job, 0, wait_seconds=3600)["spec"]["template"]
+    assert group_body["metadata"]["name"] in template["metadata"][key].values()
+    assert (template["spec"].get("schedulerName") == "volcano") == (kind == "volcano")
+    wait = template["spec"]["initContainers"][0]
+    assert {"name": jb.WAIT_ENV, "value": "3600"} in wait["env"]
+    assert jb.build_pod_group(_job("llasa-grpo")) is None
+
+
+def test_kueue_queue_label_reaches_the_reward_deployments() -> None:
+    doc = _with_server_metadata(next(d for d in _docs() if d["metadata"]["name"] == "rlaif-spa"))
+    doc["metadata"]["labels"] = {meta.KUEUE_QUEUE_LABEL: "gpu-queue"}
+    for body in jb.build_reward_servers(RLAIFJob.model_validate(doc)):
+        dep = sb.build_deployment(RewardServer.model_validate(body))
+        assert dep["metadata"]["labels"][meta.KUEUE_QUEUE_LABEL] == "gpu-queue"
+        assert meta.KUEUE_QUEUE_LABEL not in dep["spec"]["selector"]["matchLabels"]

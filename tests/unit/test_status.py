@@ -337,3 +337,119 @@ def test_reward_server_reports_its_deployments_quota_failure() -> None:
     st = server_status(_server(), dep, [], {}, T0)
     assert cond(st, c.COND_READY)["reason"] == "FailedCreate"
     assert "exceeded quota" in problem_of(st)
+
+
+# --------------------------------------------------------------------------- failure policy
+
+
+def _terminated(name: str, code: int, at: str, **cond: str) -> dict[str, Any]:
+    box = {"name": "trainer", "state": {"terminated": {"exitCode": code, "finishedAt": at}}}
+    status: dict[str, Any] = {"phase": "Failed", "containerStatuses": [box]}
+    if cond:
+        status["conditions"] = [{"type": "DisruptionTarget", "status": "True", **cond}]
+    return {"metadata": {"name": name}, "status": status}
+
+
+FAILED_JOB = {"status": {"conditions": [{"type": "Failed", "status": "True",
+                                         "reason": "PodFailurePolicy"}]}}
+
+
+def test_root_cause_is_the_first_failing_rank_not_a_siblings_sigterm() -> None:
+    crashed = _terminated("t-1", 1, "2026-01-01T00:00:05Z")
+    sigterm = _terminated("t-0", 143, "2026-01-01T00:00:05Z")
+    later = _terminated("t-2", 1, "2026-01-01T00:00:09Z")
+    state = summarize_job(FAILED_JOB, [later, sigterm, crashed])
+    assert state is not None and state.exit_code == 1 and not state.disrupted
+    assert state.message.startswith("pod t-1: container trainer exited with code 1")
+
+
+def test_a_preempted_rank_is_the_root_cause_of_its_gangs_failure() -> None:
+    evicted = _terminated("t-0", 143, "2026-01-01T00:00:05Z", reason="EvictionByEvictionAPI",
+                          message="Eviction API: evicting")
+    sibling = _terminated("t-1", 1, "2026-01-01T00:00:07Z")
+    state = summarize_job(FAILED_JOB, [sibling, evicted])
+    assert state is not None and state.disrupted and state.reason == "EvictionByEvictionAPI"
+
+
+def test_running_only_once_every_pod_of_the_gang_is_ready() -> None:
+    pending = WorkloadState(active=2, ready=1, created=T0)
+    p = plan({"phase": "Starting"}, obs(trainer=pending, nodes=2), LIMITS, T0)
+    assert p.phase == "Starting" and "startTime" not in p.status
+    p = plan({"phase": "Starting"}, obs(trainer=WorkloadState(active=2, ready=2), nodes=2),
+             LIMITS, T0)
+    assert p.phase == "Running"
+
+
+def test_exit_code_2_fails_at_once_with_budget_left() -> None:
+    bad = WorkloadState(failed=True, reason="ExitCode", message="pod t-0: exited with code 2",
+                        exit_code=2)
+    p = plan({"phase": "Running", "restarts": 0}, obs(trainer=bad), LIMITS, T0)
+    assert p.phase == "Failed" and cond(p, c.COND_FAILED)["reason"] == "InvalidConfig"
+
+
+def test_disruption_restarts_without_using_the_backoff_limit() -> None:
+    preempted = WorkloadState(failed=True, reason="PreemptionByScheduler", message="preempted",
+                              exit_code=143, disrupted=True)
+    status = {"phase": "Running", "restarts": 2}  # the budget (backoffLimit 2) is spent
+    p = plan(status, obs(trainer=preempted, attempt=4), LIMITS, T0)
+    assert p.phase == "Starting" and p.restarts == 2 and p.status["disruptions"] == 1
+    assert "not counted" in cond(p, c.COND_RUNNING)["message"]
+
+
+def test_restarts_back_off_exponentially_and_count_each_failure_once() -> None:
+    failed = WorkloadState(failed=True, reason="ExitCode", message="exited with code 1",
+                           exit_code=1)
+    limits = Limits(backoff_limit=5, active_deadline=None, rewards_timeout=600,
+                    start_timeout=300, restart_backoff=10)
+    p = plan({"phase": "Running", "restarts": 2}, obs(trainer=failed, attempt=2), limits, T0)
+    assert p.restarts == 3 and p.attempt == 2, "no new gang before the backoff has passed"
+    assert p.status["restartAfter"] == "2026-01-01T00:00:40Z"  # 10 s x 2^(3-1)
+    status = {"phase": p.phase, "conditions": p.conditions, "restarts": p.restarts, **p.status}
+    again = plan(status, obs(trainer=failed, attempt=2), limits, T0 + timedelta(seconds=39))
+    assert again.restarts == 3 and again.attempt == 2, "the same failure is counted once"
+    due = plan(status, obs(trainer=failed, attempt=2), limits, T0 + timedelta(seconds=40))
+    assert due.restarts == 3 and due.attempt == 3 and due.trainer
+
+
+# --------------------------------------------------------------------------- queues
+
+
+def test_a_gang_kueue_holds_is_queued_with_no_start_timeout() -> None:
+    held = WorkloadState(created=T0, suspended=True)
+    much_later = T0 + timedelta(seconds=LIMITS.start_timeout * 100)
+    p = plan({"phase": "Starting"}, obs(trainer=held, queued=True), LIMITS, much_later)
+    assert p.phase == "Queued" and cond(p, c.COND_READY)["reason"] == "Queued"
+    # Admitted: the start timeout counts from the Job's (re)start, not its creation.
+    admitted = WorkloadState(created=T0, started=much_later)
+    p = plan({"phase": "Queued"}, obs(trainer=admitted, queued=True), LIMITS,
+             much_later + timedelta(seconds=10))
+    assert p.phase == "Starting"
+
+
+def test_reward_servers_gated_by_kueue_do_not_time_out() -> None:
+    gated = [RewardState("asr", None, 1, 0, problem="SchedulingGated: waiting for admission")]
+    p = plan({}, obs(rewards=gated, queued=True), LIMITS, T0 + timedelta(days=1))
+    assert p.phase == "Queued" and not p.trainer
+
+
+def test_suspending_a_queued_job_deletes_its_gang_instead_of_suspending_it() -> None:
+    p = plan({"phase": "Running"}, obs(trainer=RUNNING, suspended=True, queued=True, attempt=3),
+             LIMITS, T0)
+    assert p.phase == "Suspended" and p.stop_trainer and not p.trainer and p.attempt == 4
+    p = plan({"phase": "Running"}, obs(trainer=RUNNING, suspended=True, attempt=3), LIMITS, T0)
+    assert p.phase == "Suspended" and not p.stop_trainer and p.trainer and p.attempt == 3
+
+
+def test_only_objects_the_owner_controls_pass_the_ownership_check() -> None:
+    from rlaif.operator.kube import OwnershipConflict, check_owner
+
+    def obj(*refs: dict[str, Any]) -> dict[str, Any]:
+        return {"kind": "Deployment", "metadata": {"name": "asr", "namespace": "ml",
+                                                   "ownerReferences": list(refs)}}
+
+    mine = {"kind": "RewardServer", "name": "asr", "uid": "u1", "controller": True}
+    assert check_owner(None, "RewardServer", "u1") is None
+    assert check_owner(obj(mine), "RewardServer", "u1") is not None
+    for foreign in (obj(), obj({**mine, "uid": "u2"}), obj({**mine, "controller": False})):
+        with pytest.raises(OwnershipConflict, match=r"Deployment ml/asr exists and is"):
+            check_owner(foreign, "RewardServer", "u1")

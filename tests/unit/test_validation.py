@@ -124,7 +124,7 @@ def test_yaml_syntax_error_names_file_and_line(tmp_path: Path) -> None:
     file.write_text("kind: RLAIFJob\nspec:\n  steps: [1, 2\n  rewards: x\n")
     result = rlaif("validate", str(file))
     assert result.returncode == 1
-    assert f"{file}: line " in result.stderr and "YAML syntax error" in result.stderr
+    assert f"{file}: line " in result.stderr and "YAML error" in result.stderr
 
 
 def test_missing_model_directory_is_reported_with_check_paths(tmp_path: Path) -> None:

@@ -73,4 +73,8 @@ own the children it builds, read pods (failure reasons, rank 0's address) and po
 - apiGroups: [policy]
   resources: [poddisruptionbudgets]
   verbs: [get, list, create, patch, delete]
+# PodGroups for runPolicy.gangScheduling (Volcano, scheduler-plugins coscheduling).
+- apiGroups: [scheduling.volcano.sh, scheduling.x-k8s.io]
+  resources: [podgroups]
+  verbs: [get, list, create, patch, delete]
 {{- end -}}
