@@ -1,5 +1,5 @@
 # The two commands of the README; each bootstraps what it needs.
-.PHONY: quickstart test lint crds manifests bootstrap
+.PHONY: quickstart test lint crds manifests bootstrap images wheelhouse base-image
 
 PY := .venv/bin/python
 
@@ -26,3 +26,18 @@ manifests: bootstrap
 crds: bootstrap
 	.venv/bin/rlaif crd --out manifests/crds
 	.venv/bin/rlaif crd --out charts/rlaif-operator/crds
+
+# Container images (docs/operator.md, "Images"): docker, podman or buildah, whichever works.
+# OFFLINE=1: debootstrap bases, the wheelhouse only, no network in the build, CPU torch.
+TARGETS ?= operator trainer reward
+images: bootstrap
+	OFFLINE=$(OFFLINE) PYTHON=$(PY) scripts/images.sh $(TARGETS)
+
+# The wheels of each image's lock (images/<target>.lock); LOCK=1 re-resolves the locks first.
+wheelhouse: bootstrap
+	$(PY) scripts/wheelhouse.py $(if $(LOCK),--lock) $(TARGETS)
+
+# The offline bases: Debian bookworm by debootstrap, Python in /opt/venv (+ speech tools).
+base-image: bootstrap
+	scripts/base_image.sh python
+	scripts/base_image.sh speech

@@ -71,7 +71,7 @@ def resample(audio: np.ndarray, orig_sr: int, target_sr: int = SAMPLE_RATE) -> n
         raise AudioError(f"sample rates must be positive, got {orig_sr} -> {target_sr}")
     if orig_sr == target_sr:
         return as_mono_float32(audio)
-    from scipy.signal import resample_poly  # imported here: only the server needs scipy
+    from scipy.signal import resample_poly  # imported here: the operator image has no scipy
 
     ratio = Fraction(target_sr, orig_sr).limit_denominator(1000)
     out = resample_poly(as_mono_float32(audio), ratio.numerator, ratio.denominator)

@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
-# Idempotent set-up on a fresh Debian machine: espeak-ng and sox, a .venv with the pinned
-# CPU build of torch, the project with every extra, and the helm binary used by the tests.
+# Idempotent set-up on a fresh Debian machine: espeak-ng and sox, buildah and debootstrap (the
+# image smoke test builds the operator image), a .venv with the pinned CPU build of torch, the
+# project with every extra, and the helm binary used by the tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 missing=()
-for bin in espeak-ng sox; do command -v "$bin" >/dev/null || missing+=("$bin"); done
+for bin in espeak-ng sox buildah debootstrap; do
+    command -v "$bin" >/dev/null || missing+=("$bin")
+done
 if ((${#missing[@]})); then
     sudo=""; [ "$(id -u)" = 0 ] || sudo=sudo
     echo "installing Debian packages: ${missing[*]}"
