@@ -260,15 +260,20 @@ def test_job_runs_through_starting_running_restart_succeeded(
         e["reason"] for e in events(kube, ns)}, what="Events for each transition")
 
 
-def test_backoff_exhausted_fails_with_the_trainer_reason(cluster: EmulatedCluster,
-                                                         kube: Kube) -> None:
-    ns = "backoff"
+def running_without_retries(cluster: EmulatedCluster, kube: Kube, ns: str) -> None:
+    """The quickstart with backoffLimit 0, its servers ready and attempt 0's gang running."""
     apply(cluster, ns, "quickstart-cpu.yaml",
           lambda d: d["spec"].update(runPolicy={"backoffLimit": 0}))
     make_servers_ready(kube, ns, QUICKSTART_SERVERS)
     wait_for(lambda: kube.get("batch/v1", "Job", ns, "quickstart-trainer-0"), what="trainer")
     run_trainer_pods(kube, ns, "quickstart-trainer-0")
     wait_phase(kube, ns, "quickstart", "Running")
+
+
+def test_backoff_exhausted_fails_with_the_trainer_reason(cluster: EmulatedCluster,
+                                                         kube: Kube) -> None:
+    ns = "backoff"
+    running_without_retries(cluster, kube, ns)
     fail_trainer(kube, ns, "quickstart-trainer-0")
     st = wait_phase(kube, ns, "quickstart", "Failed")
     failed = condition(st, c.COND_FAILED)
@@ -546,12 +551,7 @@ def disrupt_trainer(kube: Kube, ns: str, job_name: str) -> None:
 def test_disruption_restarts_free_and_exit_2_fails_at_once(cluster: EmulatedCluster,
                                                            kube: Kube) -> None:
     ns = "failure-policy"
-    apply(cluster, ns, "quickstart-cpu.yaml",
-          lambda d: d["spec"].update(runPolicy={"backoffLimit": 0}))
-    make_servers_ready(kube, ns, QUICKSTART_SERVERS)
-    wait_for(lambda: kube.get("batch/v1", "Job", ns, "quickstart-trainer-0"), what="trainer")
-    run_trainer_pods(kube, ns, "quickstart-trainer-0")
-    wait_phase(kube, ns, "quickstart", "Running")
+    running_without_retries(cluster, kube, ns)
     disrupt_trainer(kube, ns, "quickstart-trainer-0")
     wait_for(lambda: kube.get("batch/v1", "Job", ns, "quickstart-trainer-1"), what="attempt 1")
     st = status(kube, ns, "quickstart")
