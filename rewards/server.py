@@ -16,7 +16,9 @@ import asyncio
 import json
 import logging
 import math
+import os
 import signal
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -394,7 +396,16 @@ async def serve(settings: ServerSettings, host: str, port: int) -> int:
     log.info("shutting down: new requests get 503, queued items are dropped")
     await state.drain()
     await runner.cleanup()
-    return 1 if state.load_error is not None else 0
+    code = 1 if state.load_error is not None else 0
+    if state.batcher.busy:
+        # The abandoned batch still runs in native code (numba, ONNX Runtime, CTranslate2):
+        # finalising the interpreter under it can abort the process ("terminate called
+        # without an active exception", SIGABRT). Flush, then leave without finalising.
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
 
 
 def serve_command(args: argparse.Namespace) -> int:
