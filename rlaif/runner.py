@@ -361,8 +361,16 @@ def _closing_note(out: Path) -> str:
             f"reward_curve.png and samples/ in {out}")
 
 
+def _terminate_as_interrupt(signum: int, frame: object) -> None:
+    """SIGTERM (a service manager, ``timeout``, ``kill``) stops the run as Ctrl-C does:
+    checkpoint, then stop every child; left unhandled it would orphan the reward servers
+    and the trainer, which run in their own process groups."""
+    raise KeyboardInterrupt
+
+
 def run_command(args: argparse.Namespace) -> int:
     """``rlaif run JOB.yaml [--out DIR] [--steps N] [--ranks N] [--no-progress]``."""
+    signal.signal(signal.SIGTERM, _terminate_as_interrupt)
     try:
         return run(Path(args.job), Path(args.out) if args.out else None, args.steps,
                    args.ranks, args.no_progress)

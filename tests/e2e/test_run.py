@@ -97,6 +97,21 @@ def test_ctrl_c_checkpoints_and_a_rerun_resumes(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+def test_sigterm_checkpoints_and_stops_every_child(tmp_path: Path) -> None:
+    job, out = job_file(tmp_path, 40), tmp_path / "out"
+    proc = start_run(job, out)
+    wait_for_step(out, 1, proc)
+    children = descendants(proc.pid)
+    assert any("reward" in p.cmdline() for p in children)
+    proc.terminate()
+    _, err = proc.communicate(timeout=180)
+    assert proc.returncode == 130, err
+    assert_all_gone(children)
+    stopped_at = steps_logged(out)[-1]
+    assert (out / "checkpoints" / f"step-{stopped_at:08d}" / "meta.json").exists()
+
+
+@pytest.mark.slow
 def test_reward_server_dying_fails_the_run_naming_it(tmp_path: Path) -> None:
     job, out = job_file(tmp_path, 40), tmp_path / "out"
     proc = start_run(job, out)
