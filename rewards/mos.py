@@ -14,7 +14,7 @@ import numpy as np
 
 from rlaif.constants import SAMPLE_RATE
 from rlaif.rewards.protocol import Limits
-from rlaif.rewards.scoring import ScoreInput, ScoreResult, clip01
+from rlaif.rewards.scoring import ScoreInput, ScoreResult
 
 WINDOW_SECONDS = 9.01  # DNSMOS's input length
 PRIMARY = "sig_bak_ovr.onnx"
@@ -89,5 +89,5 @@ class MosScorer:
             start += len(ws)
             mos = {"ovrl": float(np.mean(ovrl[part])), "sig": float(np.mean(sig[part])),
                    "bak": float(np.mean(bak[part])), "p808": float(np.mean(p808[part]))}
-            results.append(ScoreResult(score=clip01((mos["ovrl"] - 1) / 4), details=mos))
+            results.append(ScoreResult.clipped((mos["ovrl"] - 1) / 4, mos))
         return results

@@ -40,6 +40,14 @@ class ScoreResult:
     def failed(cls, error: str) -> ScoreResult:
         return cls(error=error)
 
+    @classmethod
+    def clipped(cls, value: float, details: dict[str, Any]) -> ScoreResult:
+        """``value`` clamped to [0, 1]; NaN (a model's degenerate output) is an item error,
+        never a score of 0 that would punish the sample for the model's failure."""
+        if math.isnan(value):
+            return cls.failed(f"the model's output is NaN: {details}")
+        return cls(score=clip01(value), details=details)
+
 
 class Scorer(Protocol):
     """One reward model. The server calls ``load`` and ``warm_up`` once, then ``score_batch``

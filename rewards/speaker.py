@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from rlaif.constants import SAMPLE_RATE
-from rlaif.rewards.scoring import ScoreInput, ScoreResult, clip01
+from rlaif.rewards.scoring import ScoreInput, ScoreResult
 
 
 class SpeakerScorer:
@@ -50,5 +50,5 @@ class SpeakerScorer:
         emb = torch.nn.functional.normalize(emb, dim=-1)
         n = len(items)
         cosine = (emb[:n] * emb[n:]).sum(-1).cpu().numpy()
-        return [ScoreResult(score=clip01((1 + float(c)) / 2), details={"cosine": float(c)})
+        return [ScoreResult.clipped((1 + float(c)) / 2, {"cosine": float(c)})
                 for c in cosine]

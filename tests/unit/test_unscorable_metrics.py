@@ -14,6 +14,7 @@ import pytest
 
 from rlaif.operator.metrics import status_from_metrics
 from rlaif.reward_client import RewardScores, weighted_total
+from rlaif.rewards.scoring import ScoreResult
 from rlaif.runner import Progress
 from rlaif.trainer.distributed import free_port
 from rlaif.trainer.loop import StepRewards
@@ -128,3 +129,14 @@ def test_progress_line_survives_a_step_without_a_reward(capsys: pytest.CaptureFi
     progress = Progress(total=4, plain=True)
     progress.update({"step": 2, "total_steps": 4, "reward_mean": None, "step_seconds": 1.5})
     assert "step 2/4 reward n/a (1.5 s)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("value, score", [(-0.2, 0.0), (0.4, 0.4), (1.3, 1.0)])
+def test_a_model_score_is_clamped_to_the_unit_range(value: float, score: float) -> None:
+    result = ScoreResult.clipped(value, {"raw": value})
+    assert (result.score, result.error, result.details) == (score, None, {"raw": value})
+
+
+def test_a_nan_model_output_is_an_item_error_not_a_zero() -> None:
+    result = ScoreResult.clipped(NAN, {"cosine": NAN})
+    assert result.error is not None and "NaN" in result.error
