@@ -17,7 +17,8 @@ mapping (documented in docs/rewards.md):
   score = 1 - |measured - target|. Emotions not in the table are not scored.
 - ``structure`` has no reliable acoustic correlate and is not scored.
 
-The item's score is the mean over the scored dimensions.
+The item's score is the mean over the scored dimensions (those of the three the item has
+labels for, among ``judge.dimensions``).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import re
 
 import numpy as np
 
-from rlaif.api.labels import LabelSchema
+from rlaif.api.labels import DIMENSIONS, LabelSchema
 from rlaif.constants import SAMPLE_RATE
 from rlaif.rewards.scoring import ScoreInput, ScoreResult, clip01
 
@@ -51,8 +52,12 @@ SCORED = ("speechRate", "intonation", "emotion")
 class AcousticJudge:
     """Signal-processing prosody judge; the CPU default and a sanity check for the LLM judge."""
 
-    def __init__(self, schema: LabelSchema):
+    def __init__(self, schema: LabelSchema, dimensions: tuple[str, ...] = DIMENSIONS):
         self.schema = schema
+        self.scored = tuple(dim for dim in SCORED if dim in dimensions)
+        if not self.scored:
+            raise ValueError(f"judge.dimensions: the acoustic judge scores only "
+                             f"{', '.join(SCORED)}; keep at least one of them")
 
     def load(self) -> None:
         import librosa  # noqa: F401  (imported once here rather than on the first request)
@@ -67,9 +72,9 @@ class AcousticJudge:
                           ScoreInput("warm-up-no-text", tone, "", labels)])
 
     def check(self, item: ScoreInput) -> str | None:
-        if not any(_scorable(dim, item.labels.get(dim)) for dim in SCORED):
-            return ("labels: the acoustic judge needs at least one of speechRate, intonation or "
-                    f"an emotion from {sorted(AROUSAL)}")
+        if not any(_scorable(dim, item.labels.get(dim)) for dim in self.scored):
+            return (f"labels: the acoustic judge needs at least one of {', '.join(self.scored)} "
+                    f"(emotion: one of {sorted(AROUSAL)})")
         return None
 
     def score_batch(self, items: list[ScoreInput]) -> list[ScoreResult]:
@@ -79,7 +84,7 @@ class AcousticJudge:
         feats = measure(item.audio, item.text)
         details: dict[str, float | None] = dict(feats)
         scores = []
-        for dim in SCORED:
+        for dim in self.scored:
             value = item.labels.get(dim)
             if not _scorable(dim, value):
                 continue

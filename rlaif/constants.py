@@ -59,6 +59,9 @@ REWARD_MAX_REQUEST_AUDIO_SECONDS = 960.0
 REWARD_MAX_QUEUED_AUDIO_SECONDS = 1920.0
 REWARD_MAX_READING_BYTES = 4 * REWARD_MAX_BODY_BYTES
 
+# The served judge's API key reaches the reward server in this variable (from a Secret).
+JUDGE_API_KEY_ENV = "RLAIF_JUDGE_API_KEY"
+
 # Model references that need no mounted volume (see rlaif/modelref.py).
 BUILTIN_SCHEME = "builtin:"
 
@@ -71,7 +74,11 @@ COND_RUNNING = "Running"
 COND_SUCCEEDED = "Succeeded"
 COND_FAILED = "Failed"
 COND_SUSPENDED = "Suspended"
+COND_REWARD_HACKING = "RewardHacking"
+"""A held-out metric broke a spec.evaluation.guard rule (figures in the message)."""
 
 # Trainer exit code for a configuration it refuses: restarting the gang cannot help, so the
 # operator fails the job at once (its Job's podFailurePolicy fails the Job on it too).
 EXIT_INVALID_CONFIG = 2
+AUTOSCALING_METRIC = "rlaif_reward_queue_depth"
+"""The reward servers' scaling signal: items waiting for a batch, per pod."""

@@ -120,6 +120,7 @@ def job_crd() -> dict[str, Any]:
                     _column("Step", ".status.step", "integer"),
                     _column("Total", ".status.totalSteps", "integer", priority=1),
                     _column("Reward", ".status.metrics.reward", "number"),
+                    _column("Held-Out", ".status.evaluation.score", "number", priority=1),
                     _column("Rewards-Ready",
                             '.status.conditions[?(@.type=="RewardsReady")].status'),
                     _column("Restarts", ".status.restarts", "integer", priority=1),

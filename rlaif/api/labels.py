@@ -9,13 +9,15 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from typing import Literal, get_args
 
 import yaml
 from pydantic import Field, ValidationError, model_validator
 
 from rlaif.api.base import Model
 
-DIMENSIONS = ("structure", "emotion", "speechRate", "intonation")
+Dimension = Literal["structure", "emotion", "speechRate", "intonation"]
+DIMENSIONS: tuple[Dimension, ...] = get_args(Dimension)
 
 PAPER_STRUCTURE = [
     "Introduction", "Background", "Argument", "Conclusion", "Transition", "Example",
@@ -98,10 +100,10 @@ class LabelSchema(Model):
                 errors.append(f"{dim}: {labels[dim]!r} is not one of {self.values(dim)}")
         return errors
 
-    def describe(self) -> str:
+    def describe(self, dimensions: tuple[str, ...] = DIMENSIONS) -> str:
         """The allowed values as prompt text, one line per dimension, so every LLM prompt
         (labeller and judge alike) lists exactly this schema."""
-        return "\n".join(f'- "{dim}": one of {json.dumps(self.values(dim))}' for dim in DIMENSIONS)
+        return "\n".join(f'- "{dim}": one of {json.dumps(self.values(dim))}' for dim in dimensions)
 
     def parse_answer(self, answer: str) -> tuple[dict[str, str], list[str]]:
         """Labels from an LLM's answer (schema spelling) and what was wrong with the rest.

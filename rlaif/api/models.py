@@ -14,7 +14,7 @@ from pydantic import AfterValidator, BeforeValidator, Field, ValidationError, mo
 
 from rlaif import constants as c
 from rlaif.api.base import Model
-from rlaif.api.labels import LabelSchema
+from rlaif.api.labels import DIMENSIONS, Dimension, LabelSchema
 from rlaif.api.podsecurity import restricted_violations
 
 K8sObject = dict[str, Any]
@@ -26,9 +26,9 @@ SHARED_VOLUME_TYPES = ("persistentVolumeClaim", "csi", "ephemeral")
 """Volume types that can hold checkpoints every node of a gang sees (an RWX claim or CSI)."""
 
 Algorithm = Literal["grpo", "dlpo"]
-PolicyKind = Literal["prosody-lm", "codec-lm", "wavegrad2"]
+PolicyKind = Literal["prosody-lm", "codec-lm", "csm", "wavegrad2"]
 RewardKind = Literal["asr", "judge", "mos", "speaker"]
-AUTOREGRESSIVE_POLICIES = ("prosody-lm", "codec-lm")
+AUTOREGRESSIVE_POLICIES = ("prosody-lm", "codec-lm", "csm")
 MAX_STEPS = 10_000_000
 """Sane maxima refuse typos such as 10**30 steps before a trainer tries them."""
 DIFFUSION_POLICIES = ("wavegrad2",)
@@ -186,8 +186,9 @@ class LoraSpec(Model):
 class PolicySpec(Model):
     """The speech policy being fine-tuned."""
 
-    kind: PolicyKind = Field(description="Policy adapter: prosody-lm, codec-lm (autoregressive) "
-                                         "or wavegrad2 (diffusion).")
+    kind: PolicyKind = Field(description="Policy adapter: prosody-lm, codec-lm (Llasa-style), "
+                                         "csm (Sesame CSM) (autoregressive) or wavegrad2 "
+                                         "(diffusion).")
     model: str = Field(min_length=1, description="Model directory (absolute path on a mounted "
                                                  "volume) or a builtin: reference.")
     codec: str | None = Field(None, description="Codec model directory (codec-lm only).")
@@ -196,6 +197,11 @@ class PolicySpec(Model):
     lora: LoraSpec = Field(default_factory=LoraSpec, description="LoRA settings.")
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
         "auto", description="Compute dtype; auto = bfloat16 on GPUs that support it, else float32.")
+    label_instruction: bool = Field(
+        False, description="codec-lm: put RLAIF-SPA's instruction naming the four target labels "
+                           "in the prompt (off: Llasa's prompt as published).")
+    gradient_checkpointing: bool = Field(
+        False, description="Recompute activations in the backward pass (less memory, more time).")
 
 
 # --------------------------------------------------------------------------- data
@@ -241,6 +247,129 @@ class ServerRef(Model):
     name: str = Field(pattern=DNS_LABEL, description="RewardServer name.")
 
 
+class JudgeSpec(Model):
+    """How a judge reward asks its audio LLM: a local model directory (``backend: local``) or
+    an OpenAI-compatible server such as vLLM (``backend: openai``; ``model`` is then the
+    served model's name)."""
+
+    dimensions: list[Dimension] = Field(
+        default_factory=lambda: list(DIMENSIONS), min_length=1,
+        description="Label dimensions the judge is asked about and scored on (the score is "
+                    "the share of these it confirms); drop ones that cannot be heard, e.g. "
+                    "structure.")
+    backend: Literal["local", "openai"] = Field(
+        "local", description="local: a transformers model directory in spec.model; openai: "
+                             "POST {endpoint}/chat/completions with the audio as input_audio.")
+    endpoint: str | None = Field(None, pattern=r"^https?://", description="OpenAI-compatible "
+                                 "base URL, e.g. http://vllm:8000/v1 (backend: openai).")
+    api_key_secret_ref: SecretKeyRef | None = Field(
+        None, description="Secret holding the endpoint's API key, given to the server as "
+                          f"${c.JUDGE_API_KEY_ENV} (never put keys in the spec).")
+    concurrency: int = Field(8, ge=1, le=256, description="Requests in flight per batch.")
+    timeout_seconds: float = Field(60.0, gt=0, le=3600, allow_inf_nan=False,
+                                   description="Limit for one request.")
+    retries: int = Field(3, ge=0, le=10, description="Retries of a request after a 429, a "
+                         "5xx, a timeout or a connection error (exponential backoff; the "
+                         "server's Retry-After wins).")
+    json_schema: bool = Field(True, description="Constrain the answer to the label values "
+                              "with response_format json_schema (vLLM, OpenAI); turn off for "
+                              "a server that refuses it.")
+
+    @model_validator(mode="after")
+    def _backend_fields(self) -> JudgeSpec:
+        if len(set(self.dimensions)) != len(self.dimensions):
+            raise ValueError(f"dimensions: each dimension at most once, got {self.dimensions}")
+        if self.backend == "openai" and self.endpoint is None:
+            raise ValueError("endpoint: required for backend: openai (e.g. http://vllm:8000/v1)")
+        if self.backend == "local" and (self.endpoint or self.api_key_secret_ref):
+            raise ValueError("endpoint and apiKeySecretRef: only for backend: openai")
+        return self
+
+    @property
+    def served(self) -> bool:
+        """The model runs elsewhere: spec.model names it there, not a local directory."""
+        return self.backend == "openai"
+
+    def serve_args(self) -> list[str]:
+        """``rlaif reward serve`` flags carrying these settings (the key comes by env var)."""
+        return ["--judge", self.model_dump_json(by_alias=True, exclude_none=True,
+                                                exclude={"api_key_secret_ref"})]
+
+    def env(self) -> list[K8sObject]:
+        """Container env for the API key: a secretKeyRef, never the key itself."""
+        if self.api_key_secret_ref is None:
+            return []
+        ref = self.api_key_secret_ref
+        return [{"name": c.JUDGE_API_KEY_ENV,
+                 "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}}]
+
+
+def _judge_field() -> Any:
+    return Field(None, description="Judge settings (kind: judge only): dimensions scored, and "
+                                   "a served model behind an OpenAI-compatible endpoint.")
+
+
+def _judge_only(kind: str | None, judge: JudgeSpec | None) -> None:
+    if judge is not None and kind != "judge":
+        raise ValueError(f"judge: only for kind: judge (this reward is kind {kind})")
+
+
+class AutoscalingMetric(Model):
+    """A per-pod metric the HorizontalPodAutoscaler averages (a Pods metric, served to it by
+    prometheus-adapter or KEDA's metrics server from the servers' /metrics)."""
+
+    name: str = Field(c.AUTOSCALING_METRIC, pattern=r"^[a-zA-Z_:][a-zA-Z0-9_:]*$",
+                      max_length=200, description="Metric name, by default the reward "
+                      "server's queue depth (items waiting for a batch).")
+    target_average_value: str = Field(
+        "8", pattern=QUANTITY, max_length=64, description="Average per pod the autoscaler "
+        "keeps the metric at, as a quantity string: \"8\" queued items, \"500m\".")
+
+
+class AutoscalingSpec(Model):
+    """Replicas owned by an autoscaler: an HPA the operator creates on the RewardServer's scale
+    subresource, or (external: true) one you bring, such as a KEDA ScaledObject. Either way
+    the operator never resets the replicas the autoscaler sets."""
+
+    external: bool = Field(False, description="Replicas belong to an autoscaler you create "
+                           "(KEDA, a custom HPA); the operator creates none.")
+    min_replicas: int | None = Field(None, ge=1, le=1000, description="Fewest pods (the "
+                                     "operator's HPA; default 1).")
+    max_replicas: int | None = Field(None, ge=1, le=1000, description="Most pods (the "
+                                     "operator's HPA; required unless external).")
+    metric: AutoscalingMetric | None = Field(None, description="What the operator's HPA "
+                                             "scales on (default: queue depth, 8 per pod).")
+
+    @model_validator(mode="after")
+    def _complete(self) -> AutoscalingSpec:
+        if self.external:
+            if given := [f for f in ("min_replicas", "max_replicas", "metric")
+                         if getattr(self, f) is not None]:
+                names = ", ".join(type(self).model_fields[f].alias or f for f in given)
+                raise ValueError(f"{names}: only for the operator's HPA, not with external: "
+                                 f"true (configure your own autoscaler instead)")
+            return self
+        if self.max_replicas is None:
+            raise ValueError("maxReplicas: required unless external is true")
+        if self.max_replicas < self.hpa_min_replicas:
+            raise ValueError(f"maxReplicas: must be at least minReplicas "
+                             f"({self.hpa_min_replicas}), got {self.max_replicas}")
+        return self
+
+    @property
+    def hpa_min_replicas(self) -> int:
+        return 1 if self.min_replicas is None else self.min_replicas
+
+    @property
+    def hpa_metric(self) -> AutoscalingMetric:
+        return self.metric or AutoscalingMetric()
+
+
+def _autoscaling_field() -> Any:
+    return Field(None, description="Let an autoscaler own the replicas: an HPA on the scale "
+                                   "subresource, or an external one (KEDA).")
+
+
 class RewardSpec(Model):
     """One reward: a server of its own (kind + model) or a shared one (serverRef)."""
 
@@ -251,11 +380,92 @@ class RewardSpec(Model):
     weight: float = Field(gt=0, le=1000, allow_inf_nan=False,
                           description="Weight in the total reward (weighted sum).")
     replicas: int = Field(1, ge=0, le=1000, description="Server replicas (own servers only).")
+    autoscaling: AutoscalingSpec | None = _autoscaling_field()
     resources: Resources = Field(default_factory=dict, description="Kubernetes "
                                  "ResourceRequirements, e.g. limits: {nvidia.com/gpu: 1}.")
     max_batch: int = Field(16, ge=1, le=1024, description="Micro-batch size of the server.")
     max_wait_ms: int = Field(10, ge=0, le=10000, description="Longest wait to fill a batch.")
+    judge: JudgeSpec | None = _judge_field()
     pod_template: Annotated[PodTemplate, _only("server")] | None = _pod_template("server")
+
+    @model_validator(mode="after")
+    def _judge_settings(self) -> RewardSpec:
+        _judge_only(self.kind, self.judge)
+        return self
+
+    @property
+    def model_is_directory(self) -> bool:
+        """spec.model is a local directory or builtin: reference (not a served model name)."""
+        return self.judge is None or not self.judge.served
+
+
+class EvaluatorSpec(RewardSpec):
+    """A reward server that scores held-out samples only (never the training reward): a
+    second opinion the policy cannot optimise against, e.g. PLCMOS for a DNSMOS-trained run."""
+
+    weight: float = Field(0.0, ge=0, le=0, description="Always 0: an evaluator does not "
+                          "count in the training reward.")
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+class DivergenceRule(Model):
+    """Reward hacking as a trend: the training reward rises while a held-out metric falls."""
+
+    metric: str = Field(min_length=1, description="Held-out metric: reward, or the name of a "
+                        "reward or evaluator.")
+    drop: float = Field(0.05, gt=0, le=1, allow_inf_nan=False, description="Fires when the "
+                        "metric fell by more than this (score units) over the window.")
+    evaluations: int = Field(3, ge=1, le=1000, description="The window: this many evaluation "
+                             "intervals (K), during which the training reward rose.")
+
+
+class GuardSpec(Model):
+    """The reward-hacking guard, checked after every evaluation."""
+
+    minimum: dict[str, Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)]] = Field(
+        default_factory=dict, description="Floors: held-out metric -> lowest acceptable score.")
+    divergence: list[DivergenceRule] = Field(default_factory=list, description="Training "
+                                             "reward up, held-out metric down rules.")
+    on_hacking: Literal["warn", "stop"] = Field("warn", description="warn: a RewardHacking "
+                                                "condition and a warning; stop: also end the "
+                                                "run (the best checkpoint stays exported).")
+
+
+class EvaluationSpec(Model):
+    """Held-out evaluation between training steps (rank 0 collects, all ranks generate)."""
+
+    prompts: str = Field(min_length=1, description="Held-out prompts JSONL (same format as "
+                         "spec.data.prompts, never trained on).")
+    every_steps: int = Field(50, ge=1, le=MAX_STEPS, description="Steps between evaluations "
+                             "(also one before training and one at the last step).")
+    samples_per_prompt: int = Field(1, ge=1, le=64, description="Samples per held-out prompt.")
+    sampling: Literal["greedy", "sampled"] = Field(
+        "sampled", description="greedy: the most likely completion (one per prompt); sampled: "
+                               "the training distribution, seeded the same at every evaluation.")
+    seed: int = Field(0, ge=0, lt=2**31, description="Seed of the held-out samples (the same "
+                      "at every evaluation and in rlaif eval, so comparisons are paired).")
+    rewards: list[str] | None = Field(None, description="Training rewards that score the held-"
+                                      "out samples (default: all; the held-out reward total "
+                                      "needs all).")
+    evaluators: list[EvaluatorSpec] = Field(
+        default_factory=list, description="Evaluation-only reward servers.",
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]})
+    best_metric: str = Field("reward", description="Held-out metric that picks the best "
+                             "checkpoint (exported to best/).")
+    guard: GuardSpec = Field(default_factory=GuardSpec, description="Reward-hacking guard.")
+
+    def scored_rewards(self, training: list[str]) -> list[str]:
+        """Names of the training rewards that score held-out samples."""
+        return list(training if self.rewards is None else self.rewards)
+
+    def metric_names(self, training: list[str]) -> list[str]:
+        """Every held-out metric a rule may name: reward (the weighted total, when every
+        training reward is scored), each scored reward, each evaluator."""
+        scored = self.scored_rewards(training)
+        total = ["reward"] if set(training) <= set(scored) else []
+        return total + scored + [e.name for e in self.evaluators]
 
 
 # --------------------------------------------------------------------------- algorithms
@@ -295,12 +505,15 @@ class DLPOSpec(Model):
                                  "paper's full chain).")
     learning_rate: float = Field(3e-5, gt=0, le=1, description="Adam learning rate (paper: 3e-5).")
     reward_scale: float = Field(5.0, gt=0, le=1000, allow_inf_nan=False,
-                                description="Multiplies the reward (paper: 5).")
+                                description="Multiplies the advantage (paper: 5); rwr: "
+                                            "1 / temperature of its exp(r) weights.")
     diffusion_loss_coef: float = Field(1.0, ge=0, le=1000, allow_inf_nan=False,
                                        description="Weight of the diffusion loss.")
     kl_coef: float = Field(0.01, ge=0, le=1000, allow_inf_nan=False,
-                           description="Reference penalty weight (dpok, klinr).")
-    clip_epsilon: float = Field(0.2, gt=0, lt=1, description="PPO clip for reused rollouts.")
+                           description="Weight of the KL to the reference, per denoising "
+                                       "step and audio sample (dpok, klinr).")
+    clip_epsilon: float = Field(1e-4, gt=0, lt=1, description="PPO clip of the per-sample "
+                                "ratio in inner iterations after the first (DDPO: 1e-4).")
     inner_iterations: int = Field(1, ge=1, le=16, description="Updates per batch of rollouts.")
     ema_decay: float = Field(0.0, ge=0, lt=1, description="EMA of weights; 0 disables "
                                                           "(paper: 0.999).")
@@ -388,6 +601,12 @@ class RLAIFJobSpec(Model):
     volume_mounts: list[K8sObject] = Field(default_factory=list,
                                            description="Mounts for trainer and reward pods.")
     run_policy: RunPolicy = Field(default_factory=RunPolicy, description="Run policy.")
+    evaluation: EvaluationSpec | None = Field(None, description="Held-out evaluation and the "
+                                              "reward-hacking guard.")
+
+    def evaluators(self) -> list[EvaluatorSpec]:
+        """spec.evaluation.evaluators (none without spec.evaluation)."""
+        return list(self.evaluation.evaluators) if self.evaluation is not None else []
 
 
 # --------------------------------------------------------------------------- status
@@ -420,6 +639,20 @@ class CheckpointStatus(Model):
     time: str | None = None
 
 
+class EvaluationStatus(Model):
+    """The latest held-out evaluation, from rank 0's gauges."""
+
+    step: int | None = Field(None, description="Last step evaluated.")
+    score: float | None = Field(None, description="bestMetric's latest value (the Held-Out "
+                                "column).")
+    metrics: dict[str, float] = Field(default_factory=dict, description="Latest value of each "
+                                      "held-out metric.")
+    best: dict[str, float] = Field(default_factory=dict, description="Best value so far of "
+                                   "each held-out metric.")
+    best_step: int | None = Field(None, description="Step of the best checkpoint by "
+                                  "bestMetric (exported to best/).")
+
+
 Phase = Literal["Pending", "Labeling", "Queued", "Starting", "Running", "Succeeded", "Failed",
                 "Suspended"]
 
@@ -447,6 +680,7 @@ class RLAIFJobStatus(Model):
                                       description="Latest step metrics (reward, kl, loss, ...).")
     rewards: list[RewardStatus] = Field(default_factory=list)
     last_checkpoint: CheckpointStatus | None = None
+    evaluation: EvaluationStatus | None = None
 
 
 class RewardServerSpec(Model):
@@ -455,15 +689,27 @@ class RewardServerSpec(Model):
     kind: RewardKind = Field(description="asr, judge, mos or speaker.")
     model: str = Field(min_length=1, description="Model directory or builtin: reference.")
     replicas: int = Field(1, ge=0, le=1000, description="Server pods.")
+    autoscaling: AutoscalingSpec | None = _autoscaling_field()
     resources: Resources = Field(default_factory=dict, description="ResourceRequirements.")
     max_batch: int = Field(16, ge=1, le=1024, description="Micro-batch size.")
     max_wait_ms: int = Field(10, ge=0, le=10000, description="Longest wait to fill a batch.")
     image: str = Field(c.REWARD_IMAGE, description="Reward server image.")
     label_schema: LabelSchema = Field(default_factory=LabelSchema,
                                       description="Label values the judge accepts.")
+    judge: JudgeSpec | None = _judge_field()
     volumes: list[K8sObject] = Field(default_factory=list, description="Pod volumes.")
     volume_mounts: list[K8sObject] = Field(default_factory=list, description="Mounts.")
     pod_template: Annotated[PodTemplate, _only("server")] | None = _pod_template("server")
+
+    @model_validator(mode="after")
+    def _judge_settings(self) -> RewardServerSpec:
+        _judge_only(self.kind, self.judge)
+        return self
+
+    @property
+    def model_is_directory(self) -> bool:
+        """spec.model is a local directory or builtin: reference (not a served model name)."""
+        return self.judge is None or not self.judge.served
 
 
 class RewardServerStatus(Model):

@@ -25,7 +25,9 @@ from rlaif.api.models import (
     DIFFUSION_POLICIES,
     KINDS,
     RewardServer,
+    RewardSpec,
     RLAIFJob,
+    RLAIFJobSpec,
 )
 
 MAX_NESTING = 64
@@ -93,17 +95,8 @@ def job_rule_errors(job: RLAIFJob) -> list[FieldError]:
         if reward.name in seen:
             errors.append(FieldError(f"{path}.name", f"duplicate reward name {reward.name!r}"))
         seen.add(reward.name)
-        own = reward.kind is not None or reward.model is not None
-        if reward.server_ref is not None and own:
-            errors.append(FieldError(path, "set either kind+model or serverRef, not both"))
-        elif reward.server_ref is None:
-            if reward.kind is None:
-                errors.append(FieldError(f"{path}.kind", "required unless serverRef is set"))
-            if reward.model is None:
-                errors.append(FieldError(f"{path}.model", "required unless serverRef is set"))
-        if reward.model is not None and (err := modelref.reference_error(reward.model)
-                                         or model_kind_error(reward.kind, reward.model)):
-            errors.append(FieldError(f"{path}.model", err))
+        errors += _served_errors(path, reward)
+    errors += _evaluation_errors(spec)
     policy = spec.policy
     if spec.algorithm == "grpo" and policy.kind not in AUTOREGRESSIVE_POLICIES:
         errors.append(FieldError("spec.policy.kind", f"grpo needs an autoregressive policy "
@@ -115,6 +108,9 @@ def job_rule_errors(job: RLAIFJob) -> list[FieldError]:
         errors.append(FieldError("spec.policy.codec", "required for codec-lm"))
     if policy.kind != "codec-lm" and policy.codec:
         errors.append(FieldError("spec.policy.codec", f"only used by codec-lm, not {policy.kind}"))
+    if policy.kind != "codec-lm" and policy.label_instruction:
+        errors.append(FieldError("spec.policy.labelInstruction",
+                                 f"only used by codec-lm, not {policy.kind}"))
     for field, ref in (("model", policy.model), ("codec", policy.codec)):
         if ref is not None and (err := modelref.reference_error(ref) or (
                 f"{ref} is a reward model (kind {BUILTIN_REWARD_KINDS[ref]}), not a policy"
@@ -157,9 +153,58 @@ def reward_dir_error(kind: str, directory: Path) -> str | None:
 
 
 def server_rule_errors(server: RewardServer) -> list[FieldError]:
+    if not server.spec.model_is_directory:
+        return []  # a served judge's model is a name at its endpoint
     err = (modelref.reference_error(server.spec.model)
            or model_kind_error(server.spec.kind, server.spec.model))
     return [FieldError("spec.model", err)] if err else []
+
+
+def _served_errors(path: str, reward: RewardSpec) -> list[FieldError]:
+    """A reward or evaluator has a server of its own (kind + model) or a serverRef."""
+    errors = []
+    own = reward.kind is not None or reward.model is not None
+    if reward.server_ref is not None and own:
+        errors.append(FieldError(path, "set either kind+model or serverRef, not both"))
+    elif reward.server_ref is None:
+        if reward.kind is None:
+            errors.append(FieldError(f"{path}.kind", "required unless serverRef is set"))
+        if reward.model is None:
+            errors.append(FieldError(f"{path}.model", "required unless serverRef is set"))
+    if reward.model is not None and reward.model_is_directory and (
+            err := modelref.reference_error(reward.model)
+            or model_kind_error(reward.kind, reward.model)):
+        errors.append(FieldError(f"{path}.model", err))
+    return errors
+
+
+def _evaluation_errors(spec: RLAIFJobSpec) -> list[FieldError]:
+    """spec.evaluation names only rewards, evaluators and metrics that exist."""
+    ev, path = spec.evaluation, "spec.evaluation"
+    if ev is None:
+        return []
+    training = [r.name for r in spec.rewards]
+    errors = [FieldError(f"{path}.rewards[{i}]", f"no reward named {name!r} in spec.rewards "
+                         f"(have: {', '.join(training)})")
+              for i, name in enumerate(ev.rewards or []) if name not in training]
+    seen = set(training)
+    for i, evaluator in enumerate(ev.evaluators):
+        if evaluator.name in seen:
+            errors.append(FieldError(f"{path}.evaluators[{i}].name", f"{evaluator.name!r} is "
+                                     f"already the name of a reward or evaluator"))
+        seen.add(evaluator.name)
+        errors += _served_errors(f"{path}.evaluators[{i}]", evaluator)
+    metrics = ev.metric_names(training)
+    named = [(f"{path}.bestMetric", ev.best_metric)]
+    named += [(f"{path}.guard.minimum.{m}", m) for m in ev.guard.minimum]
+    named += [(f"{path}.guard.divergence[{i}].metric", r.metric)
+              for i, r in enumerate(ev.guard.divergence)]
+    errors += [FieldError(field, f"no held-out metric {name!r} (have: {', '.join(metrics)})")
+               for field, name in named if name not in metrics]
+    if ev.sampling == "greedy" and ev.samples_per_prompt > 1:
+        errors.append(FieldError(f"{path}.samplesPerPrompt", "greedy decoding gives one "
+                                 "sample per prompt; use sampling: sampled or set 1"))
+    return errors
 
 
 def path_errors(obj: RLAIFJob | RewardServer) -> list[FieldError]:
@@ -167,13 +212,17 @@ def path_errors(obj: RLAIFJob | RewardServer) -> list[FieldError]:
     reward's kind (for ``rlaif run`` and ``rlaif validate --check-paths``)."""
     refs: list[tuple[str, str, str | None]] = []
     if isinstance(obj, RewardServer):
-        refs.append(("spec.model", obj.spec.model, obj.spec.kind))
+        if obj.spec.model_is_directory:
+            refs.append(("spec.model", obj.spec.model, obj.spec.kind))
     else:
         refs.append(("spec.policy.model", obj.spec.policy.model, None))
         if obj.spec.policy.codec:
             refs.append(("spec.policy.codec", obj.spec.policy.codec, None))
         refs += [(f"spec.rewards[{i}].model", r.model, r.kind)
-                 for i, r in enumerate(obj.spec.rewards) if r.model]
+                 for i, r in enumerate(obj.spec.rewards) if r.model and r.model_is_directory]
+        evaluators = obj.spec.evaluation.evaluators if obj.spec.evaluation else []
+        refs += [(f"spec.evaluation.evaluators[{i}].model", e.model, e.kind)
+                 for i, e in enumerate(evaluators) if e.model and e.model_is_directory]
     errors = []
     for path, ref, kind in refs:
         try:

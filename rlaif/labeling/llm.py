@@ -22,7 +22,8 @@ import aiohttp
 
 log = logging.getLogger(__name__)
 
-Messages = list[dict[str, str]]
+Messages = list[dict[str, Any]]
+"""Chat messages; a content may be a string or a list of parts (text, input_audio)."""
 
 # Statuses worth retrying besides every 5xx (the OpenAI SDK's choice): timeouts, conflicts
 # and rate limits.
@@ -66,10 +67,11 @@ class RetryPolicy:
     retries: int = 3
     base_delay_s: float = 1.0
     max_delay_s: float = 60.0
+    max_retry_after_s: float = MAX_RETRY_AFTER_S
 
     def delay(self, attempt: int, retry_after: float | None = None) -> float:
         if retry_after is not None:
-            return min(retry_after, MAX_RETRY_AFTER_S)
+            return min(retry_after, self.max_retry_after_s)
         return random.uniform(0, min(self.max_delay_s, self.base_delay_s * 2**attempt))
 
 
@@ -109,9 +111,13 @@ class OpenAIChat:
         self._paused_until = 0.0
         self.on_wait = on_wait
 
-    async def complete(self, messages: Messages) -> str:
-        body = {"model": self.model, "messages": messages, "temperature": 0,
-                "max_tokens": self.max_tokens}
+    async def complete(self, messages: Messages,
+                       response_format: dict[str, Any] | None = None) -> str:
+        """The answer's text; ``response_format`` constrains it (e.g. a JSON schema)."""
+        body: dict[str, Any] = {"model": self.model, "messages": messages, "temperature": 0,
+                                "max_tokens": self.max_tokens}
+        if response_format is not None:
+            body["response_format"] = response_format
         problem = ""
         for attempt in range(self.policy.retries + 1):
             await self._wait_for_pause()

@@ -61,7 +61,7 @@ def read_records(path: Path, schema: LabelSchema) -> list[dict[str, Any]]:
         if not line.strip():
             continue
         try:
-            prompt = parse_prompt_line(line, schema)
+            prompt = parse_prompt_line(line, schema, path.parent)
         except ValueError as exc:
             raise PromptFileError(f"{path}:{number}: {exc} (fix or remove the line, then "
                                   f"rerun to resume)") from None

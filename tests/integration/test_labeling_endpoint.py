@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import pytest
 from aiohttp import web
@@ -97,9 +98,13 @@ class StandInLLM:
                           "message": {"role": "assistant", "content": content}}]})
 
 
+class StandIn(Protocol):
+    async def handle(self, request: web.Request) -> web.Response: ...
+
+
 @contextmanager
-def serve(llm: StandInLLM) -> Iterator[str]:
-    """Run the stand-in on loopback in a thread of its own; yields its base URL (.../v1)."""
+def serve(llm: StandIn) -> Iterator[str]:
+    """Run a stand-in on loopback in a thread of its own; yields its base URL (.../v1)."""
     app = web.Application()
     app.router.add_post("/v1/chat/completions", llm.handle)
     loop = asyncio.new_event_loop()

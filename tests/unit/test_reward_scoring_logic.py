@@ -6,17 +6,16 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-from pathlib import Path
 
 import jiwer
 import numpy as np
 import pytest
 
-from rlaif.api.labels import LabelSchema
+from rlaif.api.labels import DIMENSIONS, LabelSchema
 from rlaif.audio import encode_pcm16
 from rlaif.rewards.acoustic import count_syllables, is_rising, rate_score
 from rlaif.rewards.batcher import MicroBatcher
-from rlaif.rewards.judge import LlmJudge, alignment, judge_prompt, parse_judgement
+from rlaif.rewards.judge import alignment, judge_prompt, parse_judgement, score_answer
 from rlaif.rewards.protocol import ItemError, Limits, RequestError, parse_request
 from rlaif.rewards.scoring import ScoreInput, ScoreResult
 from rlaif.rewards.text import normalize_text
@@ -102,13 +101,13 @@ def test_garbage_answers_give_no_labels_and_a_reason(answer: str) -> None:
 
 
 def test_an_unusable_judge_answer_is_an_item_error_not_a_zero() -> None:
-    judge = LlmJudge(Path("unused"), "cpu", SCHEMA)  # judge() parses; no model needed
     item = ScoreInput("s1", np.zeros(1600, np.float32), labels={"emotion": "Neutral",
                                                                 "intonation": "Declarative"})
-    failed = judge.judge(item, "I cannot tell.")
+    failed = score_answer(item, "I cannot tell.", SCHEMA, DIMENSIONS)
     assert failed.error is not None and "judge answer unusable" in failed.error
     assert "no label values" in failed.error and "I cannot tell." in failed.error
-    scored = judge.judge(item, '{"Emotion": "Neutral", "Tone": "Interrogative"}')
+    scored = score_answer(item, '{"Emotion": "Neutral", "Tone": "Interrogative"}', SCHEMA,
+                          DIMENSIONS)
     assert scored.error is None and scored.score == 0.5  # a wrong label is still a score
 
 
@@ -235,7 +234,7 @@ def test_label_schema_file_and_cli_settings(tmp_path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text("emotion: 3\n")
     args.label_schema = str(bad)
-    with pytest.raises(ValueError, match=r"bad.yaml: emotion: Input should be a valid list"):
+    with pytest.raises(ValueError, match=r"bad.yaml: emotion: must be a valid list"):
         settings_from_args(args)
     args.label_schema, args.max_batch = None, 0
     with pytest.raises(ValueError, match="--max-batch must be at least 1"):

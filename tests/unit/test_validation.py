@@ -73,6 +73,8 @@ INVALID = [
     (DLPO, "spec.algorithm", "grpo", "spec.policy.kind", "grpo needs an autoregressive"),
     (QUICKSTART, "spec.grpo.groupSize", 1, "spec.grpo.groupSize", "at least 2"),
     (QUICKSTART, "spec.policy.kind", "codec-lm", "spec.policy.codec", "required for codec-lm"),
+    (QUICKSTART, "spec.policy.labelInstruction", True, "spec.policy.labelInstruction",
+     "only used by codec-lm"),
     (QUICKSTART, "spec.policy.model", "models/policy", "spec.policy.model", "absolute"),
     (QUICKSTART, "spec.policy.model", "builtin:nope", "spec.policy.model", "unknown built-in"),
     (QUICKSTART, "spec.grpo.learningRat", 1e-5, "spec.grpo.learningRat", "unknown field"),
