@@ -5,7 +5,8 @@ and rollout vs update time of one DLPO step (G chains of one text), in one run.
 
 Random weights (speed does not depend on training); durations fixed so every size renders
 the same length of audio. "update" recomputes every stochastic step's log-prob under the
-trained weights and back-propagates the reward term, as DLPO's update does per step.
+trained weights and back-propagates the reward term, as DLPO's first inner iteration does
+per step (rho = 1).
 """
 
 from __future__ import annotations
@@ -69,8 +70,7 @@ def rollout_and_update(model: WaveGrad2, ids: torch.Tensor, durations: torch.Ten
     for k in range(chains.stochastic_steps):
         features = features_for(model, chains.ids, chains.durations, group)[0]
         log_prob, _ = transition_log_prob(model, features, chains, k)
-        loss, _ = step_policy_loss("dlpo", log_prob, chains.log_probs[k].to(device), adv, adv,
-                                   0.2, chains.states.shape[-1])
+        loss, _ = step_policy_loss("dlpo", log_prob, log_prob.detach(), adv, adv, 1e-4)
         loss.backward()
     sync(device)
     return t1 - t0, time.perf_counter() - t1

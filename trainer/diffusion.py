@@ -82,17 +82,28 @@ def posterior(x_t: torch.Tensor, eps: torch.Tensor, alpha_bar_t: float,
     return math.sqrt(alpha_bar_prev) * x0_hat + direction * eps, math.sqrt(variance)
 
 
-def gaussian_log_prob(x: torch.Tensor, mean: torch.Tensor, std: float,
-                      mask: torch.Tensor | None = None) -> torch.Tensor:
-    """log N(x; mean, std^2) summed over every dimension but the first (one value per chain).
+def gaussian_log_prob(x: torch.Tensor, mean: torch.Tensor, std: float) -> torch.Tensor:
+    """log N(x; mean, std^2) averaged over every dimension but the first (one value per chain).
 
-    ``mask`` (same shape as x, 1 for real samples) leaves out padding.
+    The mean, not the sum, as DDPO does: a sum over the L audio samples of a chain grows with
+    L, and so does any difference of two sums, so exp(difference) -- the importance ratio --
+    leaves any useful range after one optimiser step on seconds of audio. The mean keeps the
+    ratio near 1, and its gradient is the sum's divided by L: a per-sample scale, like the
+    diffusion loss's, whatever the audio length.
     """
-    # float64 throughout: a chain's log-density adds up tens of thousands of terms whose
-    # float32 rounding alone moves the total by ~1e-3, and importance ratios are differences
-    # of two such totals.
+    # float64: the terms are large at low-noise steps (std ~ 1e-3) and ratios are differences.
     elementwise = (-((x.double() - mean.double()) ** 2) / (2 * std**2) - math.log(std)
                    - LOG_SQRT_2PI)
-    if mask is not None:
-        elementwise = elementwise * mask
-    return elementwise.flatten(1).sum(dim=1)
+    return elementwise.flatten(1).mean(dim=1)
+
+
+def gaussian_kl(mean: torch.Tensor, mean_reference: torch.Tensor, std: float) -> torch.Tensor:
+    """KL(N(mean, std^2) || N(mean_reference, std^2)) per dimension, averaged over every
+    dimension but the first: ||mu - mu_ref||^2 / (2 sigma^2) / L.
+
+    The KL of one denoising step between two Gaussians with the same variance, a policy's
+    and its reference's (DPOK, Fan et al. 2023); averaged over samples like
+    ``gaussian_log_prob``.
+    """
+    squared = (mean.double() - mean_reference.double()) ** 2 / (2 * std**2)
+    return squared.flatten(1).mean(dim=1)

@@ -5,21 +5,26 @@ Gaussian log-probability (trainer/wavegrad2/sampling.py); hand the audio to the 
 scoring; then, given the rewards, group-relative advantages and, per recorded step, the
 objective below; one DeepSpeed optimizer step per inner iteration.
 
-Objectives (``spec.dlpo.objective``), per stochastic step, with rho = p_theta / p_behaviour
-the true importance ratio of that step and A = rewardScale * (r - mean_G) / (std_G + eps):
+Objectives (``spec.dlpo.objective``), per stochastic step, with log p the step's Gaussian
+log-density averaged over the chain's audio samples (as DDPO averages over dimensions),
+rho = exp(log p_theta - log p_old) and A = rewardScale * (r - mean_G) / (std_G + eps):
 
 - ``dlpo``:  PPO-clip(rho, A) + diffusionLossCoef * (noise loss + duration loss) on
   ground-truth pairs (the model's own training loss keeps it a good generator);
-- ``ddpo``:  PPO-clip(rho, A) alone;
-- ``dpok``:  PPO-clip(rho, A) + klCoef * |eps_theta - eps_reference| (KL-style penalty);
-- ``klinr``: PPO-clip(rho, A') with r' = r - klCoef * |eps_theta - eps_reference|;
-- ``rwr``:   -rewardScale * r * log p_theta (reward-weighted regression).
+- ``ddpo``:  PPO-clip(rho, A) alone (Black et al. 2023);
+- ``dpok``:  PPO-clip(rho, A) + klCoef * KL(p_theta || p_reference) of the step, the KL of
+  two Gaussians with the same variance, ||mu_theta - mu_ref||^2 / (2 sigma_t^2) (Fan et al.);
+- ``klinr``: PPO-clip(rho, A') with r' = r - klCoef * that KL along the sampled chain (DPOK's
+  KL-in-the-reward variant; the name is the released DLPO code's);
+- ``rwr``:   -w log p_theta, w = exp(rewardScale * r) normalised to mean 1 in each group
+  (reward-weighted regression, beta = 1 / rewardScale).
 
-The released DLPO code clamps a log-prob difference into [1 - 1e-4, 1 + 1e-4], which is
-saturated almost always, so its reward term has no gradient; here rho is exp(log p_theta -
-log p_behaviour), which is 1 with a full gradient on the first inner iteration.
-A chain's log-density sums over its L audio samples; reward terms are divided by L so
-their scale is per sample, like the diffusion loss's, whatever the audio length.
+The first pass over a batch of rollouts is on-policy: its own log-prob, detached, is
+p_old, so rho is exactly 1 with the full gradient; later inner iterations reuse those
+values, and the clip (DDPO: 1e-4) bounds how far they move. The released DLPO code instead
+clamps a log-prob *difference* into [1 - 1e-4, 1 + 1e-4], saturated almost always, so its
+reward term has no gradient; and a log-density summed over samples makes a ratio that one
+optimiser step takes out of any range on seconds of audio.
 """
 
 from __future__ import annotations
@@ -43,6 +48,7 @@ from rlaif.config import TrainerConfig
 from rlaif.constants import SAMPLE_RATE
 from rlaif.data import Prompt
 from rlaif.trainer.algorithm import AudioSink, Rollout
+from rlaif.trainer.diffusion import gaussian_kl
 from rlaif.trainer.engine import build_engine
 from rlaif.trainer.grpo import clipped_surrogate, group_advantages
 from rlaif.trainer.wavegrad2.builtin import ground_truth_dir
@@ -55,8 +61,8 @@ from rlaif.trainer.wavegrad2.sampling import (
     Chains,
     features_for,
     sample_chains,
-    step_eps,
     transition_log_prob,
+    transition_mean,
 )
 
 log = logging.getLogger(__name__)
@@ -81,25 +87,52 @@ def reward_advantages(rewards: torch.Tensor, reward_scale: float,
     return reward_scale * group_advantages(rewards)
 
 
-def step_policy_loss(objective: str, log_prob: torch.Tensor, old_log_prob: torch.Tensor,
-                     advantages: torch.Tensor, weights: torch.Tensor, clip_epsilon: float,
-                     samples: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Reward term of one denoising step for ``G`` chains, and the fraction clipped.
+def rwr_weights(rewards: torch.Tensor, reward_scale: float) -> torch.Tensor:
+    """Reward-weighted regression's weights exp(r / beta), beta = 1 / rewardScale, normalised
+    within each group (rows of ``[P, G]``) to mean 1 over its scorable samples. An unscorable
+    (NaN) sample weighs 0, like its advantage elsewhere."""
+    scorable = ~torch.isnan(rewards)
+    logits = torch.where(scorable, reward_scale * rewards, torch.tensor(float("-inf")))
+    weights = torch.softmax(logits, dim=1) * scorable.sum(dim=1, keepdim=True)
+    return weights.nan_to_num(nan=0.0)  # a group with nothing scorable: softmax of -inf
 
-    ``log_prob``/``old_log_prob`` [G]: the step's log-density under the trained and the
-    behaviour weights; ``weights`` [G]: rewardScale * r, used by ``rwr`` only.
+
+def step_policy_loss(objective: str, log_prob: torch.Tensor, old_log_prob: torch.Tensor,
+                     advantages: torch.Tensor, weights: torch.Tensor, clip_epsilon: float
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Reward term of one denoising step for ``G`` chains, and the fraction of ratios
+    outside [1 - clip, 1 + clip] (DDPO's clipfrac; the clip zeroes their gradient when it
+    would push them further out).
+
+    ``log_prob``/``old_log_prob`` [G]: the step's per-sample mean log-density under the
+    trained weights and under the weights that sampled it; ``weights`` [G]: RWR's, used by
+    ``rwr`` only.
     """
     if objective == "rwr":
-        return (-(weights * log_prob) / samples).mean(), torch.zeros(())
-    per_chain, clipped = clipped_surrogate(log_prob[:, None], old_log_prob[:, None],
-                                           advantages, clip_epsilon)
-    return per_chain.mean() / samples, clipped.mean()
+        return -(weights * log_prob).mean(), torch.zeros(())
+    per_chain, _ = clipped_surrogate(log_prob[:, None], old_log_prob[:, None], advantages,
+                                     clip_epsilon)
+    ratio = torch.exp(log_prob.detach() - old_log_prob)
+    return per_chain.mean(), ((ratio - 1).abs() > clip_epsilon).double().mean()
 
 
-def reference_distance(eps: torch.Tensor, eps_reference: torch.Tensor) -> torch.Tensor:
-    """Mean |eps_theta - eps_reference| per chain: DPOK's and KLinR's penalty (the released
-    code's L1; the per-step Gaussian KL is proportional to its square)."""
-    return (eps - eps_reference).abs().flatten(1).mean(dim=1)
+def drop_diverged(chains: Chains, rewards: torch.Tensor) -> int:
+    """Take chains that overflowed (a non-finite state or audio sample) out of the update, in
+    place; returns how many.
+
+    An unregularised policy can learn chains that blow up (``ddpo`` on the tiny model did,
+    after 20 steps at lr 1e-3: states of 1e6, then NaN audio). Such a chain has no usable
+    reward (its audio went out as silence) or log-prob, and a NaN in any term makes every
+    weight NaN after the step (0 * NaN is NaN). Its reward becomes NaN (unscorable:
+    advantage 0, RWR weight 0) and its states zeros, so its terms are finite and contribute
+    nothing.
+    """
+    diverged = ~(torch.isfinite(chains.states).all(dim=2).all(dim=0)
+                 & torch.isfinite(chains.audio).all(dim=1).to(chains.states.device))
+    if diverged.any():
+        chains.states[:, diverged] = 0.0
+        rewards[diverged] = float("nan")
+    return int(diverged.sum())
 
 
 def recorded_penalty(chains: Chains) -> torch.Tensor:
@@ -198,7 +231,7 @@ class DLPOAlgorithm:
                                    self.generator, reference)
             groups.append(chains)
             for wave in chains.audio.cpu().numpy():
-                wave16 = resample(wave, self.net.config.sample_rate, SAMPLE_RATE)
+                wave16 = self._playable(wave)
                 if on_audio is not None:
                     on_audio(len(audio), wave16)
                 audio.append(wave16)
@@ -206,76 +239,116 @@ class DLPOAlgorithm:
                  "denoising_steps": float(len(self.transitions))}
         return Rollout(prompts, audio, self.group_size, data=groups, stats=stats)
 
+    def synthesize(self, prompts: Sequence[Prompt], seeds: Sequence[int],
+                   samples_per_prompt: int, greedy: bool) -> list[np.ndarray]:
+        """Held-out chains from their own seeded generators (``greedy`` has no meaning for a
+        diffusion chain: it is always sampled)."""
+        audio = []
+        for prompt, seed in zip(prompts, seeds, strict=True):
+            ids = symbol_ids(self.net.config, phonemize(prompt.text))
+            chains = sample_chains(self.net, ids, samples_per_prompt, self.transitions,
+                                   torch.Generator().manual_seed(seed))
+            audio += [self._playable(w) for w in chains.audio.cpu().numpy()]
+        return audio
+
+    def _playable(self, wave: np.ndarray) -> np.ndarray:
+        """A chain's audio at the reward servers' rate; silence for a diverged chain (the
+        update leaves it out, ``drop_diverged``; NaN samples cannot be sent or written)."""
+        if not np.isfinite(wave).all():
+            wave = np.zeros_like(wave)
+        return resample(wave, self.net.config.sample_rate, SAMPLE_RATE)
+
     # ------------------------------------------------------------------ update
 
     def update(self, rollout: Rollout, rewards: np.ndarray) -> dict[str, float]:
         groups: list[Chains] = rollout.data
         r = torch.as_tensor(rewards, dtype=torch.float32).view(len(groups), self.group_size)
+        r = r.clone()  # drop_diverged marks rows in place; the caller's array stays as it was
+        diverged = sum(drop_diverged(g, r[p]) for p, g in enumerate(groups))
+        if diverged:
+            log.warning("%d of %d chains diverged (non-finite states): left out of the update",
+                        diverged, r.numel())
         penalty = (torch.stack([recorded_penalty(g) for g in groups]).cpu()
                    if self.objective == "klinr" else None)
         advantages = reward_advantages(r, self.dlpo.reward_scale, penalty, self.dlpo.kl_coef)
+        weights = rwr_weights(r, self.dlpo.reward_scale)
         stats = {"diffusion_loss": self.measure_diffusion_loss()} if self.ground_truth else {}
+        stats["diverged_chains"] = float(diverged)
         if penalty is not None:
             stats["reference_penalty"] = float(penalty.mean())
-        sums: dict[str, float] = {}
+        figures: dict[str, list[float]] = {}
+        old_log_probs: dict[tuple[int, int], torch.Tensor] = {}
         for _ in range(self.dlpo.inner_iterations):
-            for part in self._policy_terms(groups, advantages, r):
+            for part in self._policy_terms(groups, advantages, weights, old_log_probs):
                 for k, v in part.items():
-                    sums[k] = sums.get(k, 0.0) + v
+                    figures.setdefault(k, []).append(v)
             if self.train_diffusion:
                 batch = self.rng.sample(self.ground_truth,
                                         min(self.group_size, len(self.ground_truth)))
                 loss = diffusion_loss(self.net, batch, self.generator)
                 self._backward(self.dlpo.diffusion_loss_coef * loss.total, 1.0)
-                sums["train_noise_loss"] = sums.get("train_noise_loss", 0.0) + float(
-                    loss.noise.detach())
-                sums["train_duration_loss"] = sums.get("train_duration_loss", 0.0) + float(
-                    loss.duration.detach())
+                figures.setdefault("train_noise_loss", []).append(float(loss.noise.detach()))
+                figures.setdefault("train_duration_loss", []).append(
+                    float(loss.duration.detach()))
             self._update_ema()
-        terms = len(groups) * (len(self.transitions) - 1) * self.dlpo.inner_iterations
-        for k, v in sums.items():
-            per = self.dlpo.inner_iterations if k.startswith("train_") else terms
-            stats[k] = v / per
+        stats.update({k: float(np.mean(v)) for k, v in figures.items()})
+        # Only passes after the first can clip or drift (the first is on-policy, rho == 1).
+        stats.setdefault("clip_fraction", 0.0)
+        stats.setdefault("kl", 0.0)
         if self.train_diffusion:
             stats["loss"] += self.dlpo.diffusion_loss_coef * (
                 stats["train_noise_loss"] + stats["train_duration_loss"])
         stats["learning_rate"] = float(self.engine.get_lr()[0])
         return stats
 
-    def _policy_terms(self, groups: list[Chains], advantages: torch.Tensor, rewards: torch.Tensor
+    def _policy_terms(self, groups: list[Chains], advantages: torch.Tensor,
+                      weights: torch.Tensor, old_log_probs: dict[tuple[int, int], torch.Tensor]
                       ) -> Iterator[dict[str, float]]:
-        """One backward pass per recorded denoising step; yields that step's figures."""
+        """One backward pass per recorded denoising step; yields that step's figures.
+
+        ``old_log_probs`` is empty on the first pass, which fills it with its own detached
+        log-probs: the weights have not moved yet, so they are the behaviour policy's, taken
+        by the same function in the same dtype, and rho is exactly 1. (The log-probs recorded
+        while sampling differ by float rounding; ``behaviour_log_ratio`` reports by how much.)
+        """
         share = 1.0 / (len(groups) * (len(self.transitions) - 1))
         device = next(self.net.parameters()).device
         for p, chains in enumerate(groups):
-            samples = chains.states.shape[-1]
-            adv = advantages[p].to(device)
-            # rwr's weights: an unscorable (NaN) sample weighs 0, like its advantage
-            weights = (self.dlpo.reward_scale * rewards[p].nan_to_num(nan=0.0)).to(device)
+            adv, w = advantages[p].to(device), weights[p].to(device)
             for k in range(chains.stochastic_steps):
                 features = features_for(self.net, chains.ids, chains.durations,
                                         self.group_size)[0]
-                log_prob, eps = transition_log_prob(self.net, features, chains, k)
-                old = chains.log_probs[k].to(device)
-                loss, clipped = step_policy_loss(self.objective, log_prob, old, adv, weights,
-                                                 self.dlpo.clip_epsilon, samples)
-                figures = {"policy_loss": float(loss.detach()),
-                           "clip_fraction": float(clipped),
-                           "kl": float((old - log_prob.detach()).mean()) / samples}
+                log_prob, mean = transition_log_prob(self.net, features, chains, k)
+                first_pass = (p, k) not in old_log_probs
+                if first_pass:
+                    old_log_probs[p, k] = log_prob.detach()
+                old = old_log_probs[p, k]
+                loss, clipped = step_policy_loss(self.objective, log_prob, old, adv, w,
+                                                 self.dlpo.clip_epsilon)
+                figures = {"policy_loss": float(loss.detach())}
+                if first_pass:
+                    recorded = chains.log_probs[k].to(device)
+                    # a diverged chain recorded NaN: it is out of the update, and of this
+                    figures["behaviour_log_ratio"] = float((old - recorded).abs()
+                                                           .nan_to_num(0.0).max())
+                else:
+                    figures["clip_fraction"] = float(clipped)
+                    figures["kl"] = float((old - log_prob.detach()).mean())
                 if self.objective == "dpok":
-                    distance = reference_distance(eps, self._reference_eps(chains, k)).mean()
-                    loss = loss + self.dlpo.kl_coef * distance
-                    figures["reference_penalty"] = float(distance.detach())
+                    mean_reference, std = self._reference_mean(chains, k)
+                    kl = gaussian_kl(mean, mean_reference, std).mean()
+                    loss = loss + self.dlpo.kl_coef * kl
+                    figures["reference_penalty"] = float(kl.detach())
                 self._backward(loss, share)
                 figures["loss"] = float(loss.detach())
                 yield figures
 
     @torch.no_grad()
-    def _reference_eps(self, chains: Chains, k: int) -> torch.Tensor:
+    def _reference_mean(self, chains: Chains, k: int) -> tuple[torch.Tensor, float]:
+        """The reference's posterior mean and std at recorded transition ``k``."""
         with self.reference() as ref:
             features = features_for(ref, chains.ids, chains.durations, self.group_size)[0]
-            x_t = chains.states[k].to(features.device)
-            return step_eps(ref, features, x_t, chains.transitions[k][0])
+            return transition_mean(ref, features, chains, k)
 
     def _backward(self, loss: torch.Tensor, share: float) -> None:
         """One micro-batch; the engine averages micro-batches, ``share`` is this one's weight
@@ -329,6 +402,9 @@ class DLPOAlgorithm:
             for name, value in self.ema.items():
                 params[name].data.copy_(value)
         return module.merge_and_unload() if self.lora else module
+
+    def save_policy(self, out: Path) -> None:
+        self.save_final(out)
 
     def save_final(self, out: Path) -> None:
         import torch.distributed as dist

@@ -15,6 +15,7 @@ import torch
 from rlaif.api.models import DLPOSpec, LoraSpec, RLAIFJobSpec
 from rlaif.config import RewardEndpoint, TrainerConfig
 from rlaif.data import Prompt
+from rlaif.trainer.algorithm import Rollout
 from rlaif.trainer.distributed import init_distributed
 from rlaif.trainer.dlpo import DLPOAlgorithm, apply_lora, build_algorithm, check_spec
 from rlaif.trainer.wavegrad2 import config as presets
@@ -22,6 +23,7 @@ from rlaif.trainer.wavegrad2.corpus import write_espeak_corpus
 from rlaif.trainer.wavegrad2.model import WaveGrad2
 from rlaif.trainer.wavegrad2.modeldir import load_model, save_model
 from rlaif.trainer.wavegrad2.pretrain import config_for
+from rlaif.trainer.wavegrad2.sampling import sample_chains
 
 PROMPTS = [Prompt("Open the door.", {})]
 
@@ -74,6 +76,10 @@ def test_every_objective_updates_the_policy(model_dir, tmp_path, objective) -> N
     assert all(np.isfinite(v) for v in stats.values()), stats
     assert "diffusion_loss" in stats and ("train_noise_loss" in stats) == (objective == "dlpo")
     assert ("reference_penalty" in stats) == (objective in ("dpok", "klinr"))
+    # One pass: on-policy, nothing clipped; the update's recompute of each step's log-prob
+    # matches the one recorded while sampling up to float rounding.
+    assert stats["clip_fraction"] == 0.0 and stats["kl"] == 0.0
+    assert stats["behaviour_log_ratio"] < 1e-6
     moved = [n for n, p in algo.net.named_parameters() if not torch.equal(p, before[n])]
     assert moved, "no parameter changed"
 
@@ -133,3 +139,60 @@ def test_an_unscorable_sample_leaves_the_update_finite(model_dir, tmp_path, obje
     after = weights(algo.net)
     assert all(torch.isfinite(p).all() for p in after.values())
     assert any(not torch.equal(p, before[n]) for n, p in after.items())
+
+
+PAPER_LEARNING_RATE = 3e-5
+TEN_SECONDS = 1000
+"""Frames of 10 s of audio at the tiny model's hop (160 samples at 16 kHz)."""
+
+
+@pytest.fixture(scope="module")
+def narrow_model_dir(model_dir) -> Path:
+    """The tiny model with half its channels at the waveform's rate, beside the same corpus:
+    10 s chains in a few CPU seconds."""
+    config = replace(load_model(model_dir).config, upsample_channels=[16, 12, 8, 4],
+                     downsample_channels=[4, 8, 12])
+    torch.manual_seed(0)
+    return save_model(WaveGrad2(config), model_dir.parent / "narrow-model")
+
+
+def test_after_one_step_at_the_paper_lr_most_of_ten_seconds_stays_inside_the_clip(
+        narrow_model_dir, tmp_path) -> None:
+    """The second inner iteration sees the weights one Adam step later. With per-sample mean
+    log-probs the ratios of the two noisier steps stay within DDPO's 1e-4 clip on 10 s of
+    audio, so the reward term keeps its gradient; the last, low-noise step (sigma ~ 1e-2)
+    leaves it. Summed over the 160 000 samples, as before, every ratio left any range. (The
+    paper-sized model's ratios all leave the clip after such a step: docs/dlpo.md.)"""
+    algo = make(narrow_model_dir, tmp_path, objective="dlpo", groupSize=2, denoisingSteps=4,
+                innerIterations=2, learningRate=PAPER_LEARNING_RATE)
+    assert algo.dlpo.clip_epsilon == 1e-4  # the default, DDPO's
+    ids = torch.tensor([2, 5, 6, 3])
+    durations = torch.tensor([TEN_SECONDS - 3.0, 1.0, 1.0, 1.0])
+    chains = sample_chains(algo.net, ids, 2, algo.transitions, torch.Generator().manual_seed(0),
+                           durations=durations)
+    assert chains.states.shape[-1] == 10 * 16000
+    rollout = Rollout(PROMPTS, list(chains.audio.numpy()), 2, data=[chains])
+    stats = algo.update(rollout, np.array([0.2, 0.6]))
+    assert stats["kl"] > 0.0  # the second pass did see moved weights
+    assert stats["clip_fraction"] < 0.5, stats
+
+
+def test_a_diverged_chain_is_silent_and_left_out_of_the_update(model_dir, tmp_path) -> None:
+    """An unregularised policy can learn chains that overflow; the run must go on without it
+    (NaN audio cannot be sent to a reward server, a NaN term would poison every weight)."""
+    algo = make(model_dir, tmp_path, objective="ddpo", groupSize=4)
+    before = weights(algo.net)
+    rollout = algo.rollout(PROMPTS)
+    rewards = quietness(rollout.audio)
+    chains = rollout.data[0]
+    chains.states[2:, 1] = float("inf")  # chain 1 blew up after its second evaluation
+    chains.log_probs[1:, 1] = float("nan")
+    chains.audio[2] = float("nan")  # chain 2's states stayed finite, its last step did not
+    stats = algo.update(rollout, rewards)
+    assert stats["diverged_chains"] == 2.0 and np.isfinite(rewards).all()  # caller's untouched
+    assert all(np.isfinite(v) for v in stats.values()), stats
+    after = weights(algo.net)
+    assert all(torch.isfinite(p).all() for p in after.values())
+    assert any(not torch.equal(p, before[n]) for n, p in after.items())
+    assert np.array_equal(algo._playable(np.full(160, np.nan, dtype=np.float32)),
+                          np.zeros(160, dtype=np.float32))

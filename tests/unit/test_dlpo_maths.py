@@ -1,5 +1,5 @@
-"""DLPO maths: per-step Gaussian log-probs, the chain total, advantages, and a reward term
-that really moves a (tiny, random) WaveGrad 2."""
+"""DLPO maths: per-step Gaussian log-probs, the chain total, advantages, the baselines'
+KL and RWR weights, and a reward term that really moves a (tiny, random) WaveGrad 2."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import math
 import pytest
 import torch
 
-from rlaif.trainer.diffusion import NoiseSchedule, gaussian_log_prob, posterior
-from rlaif.trainer.dlpo import reference_distance, reward_advantages, step_policy_loss
+from rlaif.trainer.diffusion import NoiseSchedule, gaussian_kl, gaussian_log_prob, posterior
+from rlaif.trainer.dlpo import reward_advantages, rwr_weights, step_policy_loss
 from rlaif.trainer.wavegrad2 import config as presets
 from rlaif.trainer.wavegrad2.model import WaveGrad2
 from rlaif.trainer.wavegrad2.sampling import (
@@ -44,11 +44,11 @@ def sample(model: WaveGrad2, ids: torch.Tensor, steps: int = 4, seed: int = 0) -
                          durations=torch.tensor([2.0, 2.0, 1.0, 1.0, 2.0]))
 
 
-def test_step_log_prob_equals_torch_normal_summed_over_samples() -> None:
+def test_step_log_prob_equals_torch_normal_averaged_over_samples() -> None:
     g = torch.Generator().manual_seed(1)
     x, mean = torch.randn(3, 500, generator=g), torch.randn(3, 500, generator=g)
     for std in (1e-3, 0.1, 2.0):
-        expected = torch.distributions.Normal(mean.double(), std).log_prob(x.double()).sum(1)
+        expected = torch.distributions.Normal(mean.double(), std).log_prob(x.double()).mean(1)
         torch.testing.assert_close(gaussian_log_prob(x, mean, std), expected, rtol=1e-6,
                                    atol=1e-6)
 
@@ -81,12 +81,14 @@ def test_sampling_steps_cover_the_full_chain_and_fast_schedules() -> None:
 def float32_tolerance(mean: torch.Tensor, std: float) -> float:
     """How far a chain's log-density may move when the float32 posterior mean differs by a
     rounding unit per sample (convolutions round differently with the tensor's alignment):
-    each term moves by z * ulp / std, the sum by the root-sum-square of those; x4."""
+    each term moves by z * ulp / std, the sum by the root-sum-square of those, the mean by
+    that over L; x4."""
     ulp = torch.finfo(torch.float32).eps * mean.double().abs()
-    return 4 * float(((ulp / std) ** 2).sum(dim=1).sqrt().max())
+    return 4 * float(((ulp / std) ** 2).sum(dim=1).sqrt().max()) / mean.shape[1]
 
 
-def test_recorded_step_log_probs_match_normal_and_sum_to_the_chain_total(model, ids) -> None:
+def test_recorded_step_log_probs_match_normal_and_add_up_to_the_chain_total(model, ids
+                                                                             ) -> None:
     chains = sample(model, ids, steps=4)
     assert chains.log_probs.shape == (3, GROUP) and chains.states.shape[:2] == (4, GROUP)
     features = features_for(model, chains.ids, chains.durations, GROUP)[0]
@@ -97,7 +99,7 @@ def test_recorded_step_log_probs_match_normal_and_sum_to_the_chain_total(model, 
             eps = step_eps(model, features, chains.states[k], ab_t)
             mean, std = posterior(chains.states[k], eps, ab_t, ab_prev)
             normal = torch.distributions.Normal(mean.double(), std)
-            expected = normal.log_prob(chains.states[k + 1].double()).sum(1)
+            expected = normal.log_prob(chains.states[k + 1].double()).mean(1)
             tolerance = float32_tolerance(mean, std)
             torch.testing.assert_close(chains.log_probs[k], expected, rtol=0, atol=tolerance)
             recomputed, _ = transition_log_prob(model, features, chains, k)
@@ -106,11 +108,13 @@ def test_recorded_step_log_probs_match_normal_and_sum_to_the_chain_total(model, 
             stds.append(torch.full_like(mean, std, dtype=torch.float64))
             steps.append(expected)
     # The whole chain as one distribution over every (step, sample): its log-density given
-    # x_T is the sum of the steps' (float64 on both sides: only summation order differs).
+    # x_T is the sum of the steps' (per-sample means times L; float64 on both sides: only
+    # summation order differs).
     chain = torch.distributions.Independent(
         torch.distributions.Normal(torch.stack(means, 1), torch.stack(stds, 1)), 2)
     total = chain.log_prob(chains.states[1:].transpose(0, 1).double())
-    torch.testing.assert_close(total, torch.stack(steps).sum(0), rtol=1e-12, atol=0)
+    samples = chains.states.shape[-1]
+    torch.testing.assert_close(total, torch.stack(steps).sum(0) * samples, rtol=1e-12, atol=0)
 
 
 def test_advantages_are_group_relative_scaled_and_fold_the_klinr_penalty() -> None:
@@ -136,8 +140,8 @@ def reward_gradient(model: WaveGrad2, chains: Chains, objective: str,
     for k in range(chains.stochastic_steps):
         features = features_for(model, chains.ids, chains.durations, GROUP)[0]
         log_prob, _ = transition_log_prob(model, features, chains, k)
-        loss, _ = step_policy_loss(objective, log_prob, chains.log_probs[k], adv, 5 * rewards,
-                                   0.2, chains.states.shape[-1])
+        loss, _ = step_policy_loss(objective, log_prob, log_prob.detach(), adv,
+                                   rwr_weights(rewards[None], 5.0)[0], 1e-4)
         loss.backward()
     return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
@@ -177,7 +181,50 @@ def test_one_step_raises_the_log_prob_of_the_rewarded_chain(ids) -> None:
     assert change[0] > change[1:].max()
 
 
-def test_reference_distance_is_mean_absolute_difference_per_chain() -> None:
-    eps = torch.zeros(2, 10)
-    ref = torch.cat([torch.ones(1, 10), -2 * torch.ones(1, 10)])
-    assert reference_distance(eps, ref).tolist() == [1.0, 2.0]
+def test_first_pass_ratio_is_one_so_no_clip_however_tight_changes_the_gradient(model, ids
+                                                                              ) -> None:
+    chains = sample(model, ids, steps=3)
+    features = features_for(model, chains.ids, chains.durations, GROUP)[0]
+    log_prob, _ = transition_log_prob(model, features, chains, 0)
+    adv = torch.tensor([1.0, -1.0, 0.5, -0.5])
+    grads = []
+    for clip in (1e-12, 0.5):
+        loss, clipped = step_policy_loss("ddpo", log_prob, log_prob.detach(), adv, adv, clip)
+        assert float(clipped) == 0.0
+        grads.append(torch.autograd.grad(loss, log_prob, retain_graph=True)[0])
+    torch.testing.assert_close(grads[0], grads[1], rtol=0, atol=0)
+    torch.testing.assert_close(grads[0], -adv.double() / GROUP, rtol=0, atol=0)  # REINFORCE
+
+
+def test_kl_of_same_variance_gaussians_is_the_sigma_weighted_squared_distance() -> None:
+    g = torch.Generator().manual_seed(5)
+    mean = torch.randn(2, 300, generator=g)
+    assert torch.equal(gaussian_kl(mean, mean, 0.1), torch.zeros(2, dtype=torch.float64))
+    for std in (1e-3, 0.1, 1.0):
+        for shift in (0.01, 0.1, 1.0):
+            kl = gaussian_kl(mean + shift, mean, std)
+            torch.testing.assert_close(kl, torch.full((2,), shift**2 / (2 * std**2),
+                                                      dtype=torch.float64), rtol=1e-5, atol=0)
+            normal = torch.distributions.Normal
+            expected = torch.distributions.kl_divergence(
+                normal((mean + shift).double(), std), normal(mean.double(), std)).mean(1)
+            torch.testing.assert_close(kl, expected, rtol=1e-9, atol=0)
+    # Twice the distance, four times the KL; a tenth of the noise, a hundred times.
+    base = gaussian_kl(mean + 0.1, mean, 0.1)
+    torch.testing.assert_close(gaussian_kl(mean + 0.2, mean, 0.1), 4 * base, rtol=1e-5, atol=0)
+    torch.testing.assert_close(gaussian_kl(mean + 0.1, mean, 0.01), 100 * base, rtol=1e-5,
+                               atol=0)
+
+
+def test_rwr_weights_are_exponentiated_rewards_normalised_per_group() -> None:
+    rewards = torch.tensor([[0.0, 0.1, 0.2, 0.4], [0.3, float("nan"), 0.3, 0.9],
+                            [float("nan")] * 4])
+    w = rwr_weights(rewards, reward_scale=5.0)
+    expected = torch.exp(5.0 * rewards[0])
+    torch.testing.assert_close(w[0], 4 * expected / expected.sum())
+    assert w[0].mean() == pytest.approx(1.0) and w[0, 3] / w[0, 0] == pytest.approx(math.exp(2))
+    assert w[1, 1] == 0.0 and w[1, [0, 2, 3]].sum() == pytest.approx(3.0)  # NaN weighs 0
+    assert w[1, 0] == w[1, 2] and w[1, 3] / w[1, 0] == pytest.approx(math.exp(3))
+    assert torch.equal(w[2], torch.zeros(4))  # nothing scorable: no signal, still finite
+    # A lower temperature (higher scale) concentrates the weight on the best sample.
+    assert rwr_weights(rewards[:1], 50.0)[0, 3] > w[0, 3]

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from rlaif.trainer.diffusion import gaussian_log_prob, posterior
+from rlaif.trainer.diffusion import gaussian_kl, gaussian_log_prob, posterior
 from rlaif.trainer.wavegrad2.model import WaveGrad2
 
 
@@ -31,11 +31,12 @@ class Chains:
     states: torch.Tensor
     """(K, G, L): states[k] is the input of evaluation k; states[k+1] its sampled output."""
     log_probs: torch.Tensor
-    """(K-1, G) float64 log-probability of each stochastic transition when sampled."""
+    """(K-1, G) float64 per-sample mean log-probability of each stochastic transition when
+    sampled (the update recomputes it; the two differ by float rounding only)."""
     audio: torch.Tensor
     """(G, L) the final x0 estimate, clipped to [-1, 1]."""
     reference_penalty: torch.Tensor | None = None
-    """(G,) mean |eps_policy - eps_reference| over the steps, when asked for (KLinR)."""
+    """(G,) KL to the reference per stochastic step and sample, when asked for (KLinR)."""
 
     @property
     def stochastic_steps(self) -> int:
@@ -73,8 +74,9 @@ def sample_chains(model: WaveGrad2, ids: torch.Tensor, group: int,
                   reference: Reference | None = None,
                   durations: torch.Tensor | None = None) -> Chains:
     """Sample ``group`` chains for one text, recording states and per-step log-probs;
-    with ``reference``, also each chain's mean distance to the reference's noise estimate.
-    ``durations`` (frames per phoneme) overrides the duration predictor."""
+    with ``reference``, also each chain's KL to the reference (``gaussian_kl`` of the two
+    posteriors, averaged over the stochastic steps). ``durations`` (frames per phoneme)
+    overrides the duration predictor."""
     features, durations, frames = features_for(model, ids, durations, group)
     ref_features = None
     if reference is not None:
@@ -86,14 +88,15 @@ def sample_chains(model: WaveGrad2, ids: torch.Tensor, group: int,
     states, log_probs, penalties = [x], [], []
     for k, (ab_t, ab_prev) in enumerate(transitions):
         eps = step_eps(model, features, x, ab_t)
-        if reference is not None and ref_features is not None:
-            with reference() as ref:
-                penalties.append((eps - step_eps(ref, ref_features, x, ab_t)).abs()
-                                 .mean(dim=1))
         mean, std = posterior(x, eps, ab_t, ab_prev)
         if k == len(transitions) - 1:
             x = mean
             break
+        if reference is not None and ref_features is not None:
+            with reference() as ref:
+                mean_reference = posterior(x, step_eps(ref, ref_features, x, ab_t), ab_t,
+                                           ab_prev)[0]
+            penalties.append(gaussian_kl(mean, mean_reference, std))
         noise = torch.randn(x.shape, generator=generator, device=generator.device)
         x = mean + std * noise.to(x.device)
         log_probs.append(gaussian_log_prob(x, mean, std))
@@ -103,12 +106,18 @@ def sample_chains(model: WaveGrad2, ids: torch.Tensor, group: int,
                   torch.stack(log_probs), x.clamp(-1, 1), penalty)
 
 
+def transition_mean(model: WaveGrad2, features: torch.Tensor, chains: Chains, k: int
+                    ) -> tuple[torch.Tensor, float]:
+    """Posterior mean (G, L) and std of recorded transition ``k`` under ``model``."""
+    ab_t, ab_prev = chains.transitions[k]
+    x_t = chains.states[k].to(features.device)
+    return posterior(x_t, step_eps(model, features, x_t, ab_t), ab_t, ab_prev)
+
+
 def transition_log_prob(model: WaveGrad2, features: torch.Tensor, chains: Chains, k: int
                         ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Log-prob (G,) of recorded transition ``k`` under ``model``, and its noise estimate."""
-    ab_t, ab_prev = chains.transitions[k]
-    device = features.device
-    x_t, x_prev = chains.states[k].to(device), chains.states[k + 1].to(device)
-    eps = step_eps(model, features, x_t, ab_t)
-    mean, std = posterior(x_t, eps, ab_t, ab_prev)
-    return gaussian_log_prob(x_prev, mean, std), eps
+    """Per-sample mean log-prob (G,) of recorded transition ``k`` under ``model``, and the
+    posterior mean (G, L) it is taken under."""
+    mean, std = transition_mean(model, features, chains, k)
+    x_prev = chains.states[k + 1].to(features.device)
+    return gaussian_log_prob(x_prev, mean, std), mean
