@@ -25,7 +25,7 @@ from rlaif.runner import start_reward_servers, wait_ready
 from rlaif.trainer.distributed import free_port, init_distributed
 from rlaif.trainer.grpo_algorithm import build_algorithm
 from rlaif.trainer.loop import TrainingLoop, seed_everything
-from rlaif.trainer.policies.codec_lm import write_tiny_model_dirs
+from rlaif.trainer.policies.tiny import write_tiny_model_dirs
 
 REPO = Path(__file__).resolve().parent.parent
 COLUMNS = ("generate", "reward_wait", "update", "other")
@@ -63,6 +63,7 @@ def main() -> None:
         for i, (name, overlap) in enumerate(cases):
             spec = job.spec.model_copy(deep=True)
             spec.steps, spec.checkpoint.every_steps = args.steps, 10**6
+            spec.evaluation = None  # the training step's breakdown only
             spec.trainer.deepspeed.zero_stage = 0
             if name.startswith("tiny codec-lm"):
                 write_tiny_model_dirs(tmp / "lm", tmp / "codec")

@@ -1,5 +1,10 @@
 """The prompts file: one JSON object a line, ``{"text": ..., "labels": {...}}``.
 
+A line may carry a voice prompt, ``"reference": {"audio": "ref/0001.wav", "text": "..."}``:
+reference audio (a path, relative ones against the prompts file's folder) and its
+transcript. Speech LMs that clone voices prefix it; speaker-similarity rewards compare
+each sample with it.
+
 The labeller writes it, ``rlaif validate``-style checks and the trainer read it. A line
 the labeller could not label is kept as ``{"text": ..., "labels": null, "error": why}``
 so reruns skip it knowingly; the trainer leaves such lines out.
@@ -7,10 +12,13 @@ so reruns skip it knowingly; the trainer leaves such lines out.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import numpy as np
 
 from rlaif.api.labels import DIMENSIONS, LabelSchema
 
@@ -18,17 +26,55 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
+class VoiceReference:
+    """A voice prompt: a recording of the target speaker and what it says."""
+
+    audio: Path
+    text: str = ""
+
+    def waveform(self) -> np.ndarray:
+        """The recording as 16 kHz mono float32 (read once per process)."""
+        return _read_reference(self.audio)
+
+
+@functools.lru_cache(maxsize=256)
+def _read_reference(path: Path) -> np.ndarray:
+    import soundfile as sf
+
+    from rlaif.audio import resample
+
+    audio, rate = sf.read(str(path), dtype="float32", always_2d=True)
+    return resample(audio.mean(axis=1), rate)
+
+
+@dataclass(frozen=True)
 class Prompt:
     text: str
     labels: dict[str, str] = field(default_factory=dict)
+    reference: VoiceReference | None = None
 
 
 class PromptFileError(ValueError):
     """A malformed prompts file; the message names file and line."""
 
 
-def parse_prompt_line(line: str, schema: LabelSchema) -> Prompt | None:
-    """One line -> Prompt (labels in the schema's spelling), None for an unlabelled record."""
+def parse_reference(obj: object, base: Path) -> VoiceReference:
+    """``{"audio": PATH, "text": ...}`` -> VoiceReference; the audio file must exist."""
+    if not isinstance(obj, dict) or not isinstance(obj.get("audio"), str) or not obj["audio"]:
+        raise ValueError('reference: expected an object with an "audio" path')
+    text = obj.get("text", "")
+    if not isinstance(text, str):
+        raise ValueError("reference.text: must be a string")
+    audio = base / obj["audio"]
+    if not audio.is_file():
+        raise ValueError(f"reference.audio: {audio} is not a file")
+    return VoiceReference(audio, text.strip())
+
+
+def parse_prompt_line(line: str, schema: LabelSchema, base: Path = Path(".")) -> Prompt | None:
+    """One line -> Prompt (labels in the schema's spelling), None for an unlabelled record.
+
+    ``base`` is the folder relative reference audio paths resolve against."""
     try:
         obj = json.loads(line)
     except json.JSONDecodeError as exc:
@@ -47,8 +93,9 @@ def parse_prompt_line(line: str, schema: LabelSchema) -> Prompt | None:
     missing = [d for d in DIMENSIONS if d not in labels]
     if missing:
         raise ValueError(f"labels: missing {', '.join(missing)}")
-    canonical = {d: schema.canonical(d, labels[d]) or "" for d in DIMENSIONS}
-    return Prompt(obj["text"].strip(), canonical)
+    canonical: dict[str, str] = {d: schema.canonical(d, labels[d]) or "" for d in DIMENSIONS}
+    reference = parse_reference(obj["reference"], base) if obj.get("reference") else None
+    return Prompt(obj["text"].strip(), canonical, reference)
 
 
 def load_prompts(path: Path, schema: LabelSchema | None = None) -> list[Prompt]:
@@ -63,7 +110,7 @@ def load_prompts(path: Path, schema: LabelSchema | None = None) -> list[Prompt]:
         if not line.strip():
             continue
         try:
-            prompt = parse_prompt_line(line, schema)
+            prompt = parse_prompt_line(line, schema, path.parent)
         except ValueError as exc:
             raise PromptFileError(f"{path}:{number}: {exc}") from None
         if prompt is None:

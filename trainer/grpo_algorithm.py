@@ -1,4 +1,4 @@
-"""GRPO on an autoregressive speech policy (prosody-lm, codec-lm) under DeepSpeed.
+"""GRPO on an autoregressive speech policy (prosody-lm, codec-lm, csm) under DeepSpeed.
 
 In pipeline order: sample G completions per prompt and render each one (handing its audio
 to the loop at once so scoring overlaps generation); then, given the rewards, group
@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from rlaif.api.models import GRPOSpec
 from rlaif.config import TrainerConfig
 from rlaif.data import Prompt
 from rlaif.trainer.algorithm import AudioSink, Rollout
@@ -77,6 +78,10 @@ class GRPOAlgorithm:
                  "entropy": float(np.mean(entropies))}
         return Rollout(prompts, audio, self.group_size, data=groups, stats=stats)
 
+    def synthesize(self, prompts: Sequence[Prompt], seeds: Sequence[int],
+                   samples_per_prompt: int, greedy: bool) -> list[np.ndarray]:
+        return speak(self.policy, prompts, seeds, samples_per_prompt, greedy, self.grpo)
+
     def describe(self, rollout: Rollout) -> list[str]:
         """Each sample's completion in readable form (prosody programs, token counts)."""
         return [self.policy.describe(t) for g in rollout.data
@@ -99,10 +104,12 @@ class GRPOAlgorithm:
             old = ([self.policy.logprobs(g.prompt, g.completions.ids, temperature)
                     for g in groups] if self.grpo.inner_iterations > 1 else None)
         totals: dict[str, float] = {"loss": 0.0, "kl": 0.0, "clip_fraction": 0.0}
-        n = 0
-        for _ in range(self.grpo.inner_iterations):
+        n, drift = 0, 0.0
+        for iteration in range(self.grpo.inner_iterations):
             for b, g in enumerate(groups):
                 logp = self.policy.logprobs(g.prompt, g.completions.ids, temperature)
+                if iteration == 0:  # still the sampling policy: its log-probs, recomputed
+                    drift = max(drift, g.completions.drift(logp))
                 old_logp = old[b] if old is not None else logp.detach()
                 loss, part = grpo_loss(logp, old_logp, None if ref is None else ref[b],
                                        advantages[b].to(logp.device),
@@ -115,7 +122,7 @@ class GRPOAlgorithm:
                 totals["kl"] += part["kl"]
                 totals["clip_fraction"] += part["clip_fraction"]
                 n += 1
-        stats.update({k: v / n for k, v in totals.items()}, skipped=0.0,
+        stats.update({k: v / n for k, v in totals.items()}, skipped=0.0, logprob_drift=drift,
                      learning_rate=float(self.engine.get_lr()[0]), param_norm=self.param_norm())
         return stats
 
@@ -144,7 +151,13 @@ class GRPOAlgorithm:
         if path is None:
             raise FileNotFoundError(f"{directory}: no DeepSpeed state under tag {ENGINE_TAG!r}")
 
+    def save_policy(self, out: Path) -> None:
+        self._export(out, merged=False)
+
     def save_final(self, out: Path) -> None:
+        self._export(out, merged=self.save_merged)
+
+    def _export(self, out: Path, merged: bool) -> None:
         import deepspeed
         import torch.distributed as dist
 
@@ -152,8 +165,30 @@ class GRPOAlgorithm:
         with deepspeed.zero.GatheredParameters(params, enabled=self.zero_stage == 3):
             if not dist.is_initialized() or dist.get_rank() == 0:
                 self.policy.save_pretrained(out)
-                if self.save_merged:
+                if merged:
                     self.policy.save_merged(out.with_name("merged"))
+
+
+GREEDY_TOP_P = 1e-9
+"""Nucleus sampling with a nucleus this small keeps only the most likely token: greedy
+decoding through the same sampler (and the same allowed-token masks) as training."""
+
+
+def speak(policy: SpeechLMPolicy, prompts: Sequence[Prompt], seeds: Sequence[int],
+          samples_per_prompt: int, greedy: bool, grpo: GRPOSpec) -> list[np.ndarray]:
+    """Held-out audio: ``samples_per_prompt`` renders per prompt, each prompt's drawn from its
+    own seed inside a forked RNG (the training stream is untouched). ``rlaif eval`` calls it
+    on the base and the trained policy with the same seeds: paired samples."""
+    audio = []
+    devices = [policy.device] if policy.device.type == "cuda" else []
+    for prompt, seed in zip(prompts, seeds, strict=True):
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(seed)
+            done = policy.sample(prompt, samples_per_prompt, grpo.max_new_tokens,
+                                 grpo.temperature, GREEDY_TOP_P if greedy else grpo.top_p)
+        audio += [policy.render(tokens, prompt)
+                  for tokens in policy.completion_tokens(done.ids, done.mask)]
+    return audio
 
 
 def build_algorithm(config: TrainerConfig, rank: int, world_size: int) -> GRPOAlgorithm:

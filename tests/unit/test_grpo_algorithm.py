@@ -16,7 +16,7 @@ from rlaif.config import RewardEndpoint, TrainerConfig
 from rlaif.data import Prompt
 from rlaif.trainer.distributed import init_distributed
 from rlaif.trainer.grpo_algorithm import GRPOAlgorithm, build_algorithm
-from rlaif.trainer.policies.codec_lm import write_tiny_model_dirs
+from rlaif.trainer.policies.tiny import write_tiny_model_dirs
 
 REPO = Path(__file__).resolve().parents[2]
 PROMPTS = [Prompt("Good morning.", {"structure": "Greeting/Introduction", "emotion": "Positive",

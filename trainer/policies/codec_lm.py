@@ -1,17 +1,26 @@
-"""codec-lm: a speech-token language model in the Llasa / CosyVoice style.
+"""codec-lm: a speech-token language model as Llasa publishes it (Llama + X-codec2).
 
-``AutoModelForCausalLM`` + its tokenizer from ``spec.policy.model`` and a neural codec from
-``spec.policy.codec`` (transformers' DacModel). The prompt template puts the text (and the
-labels, where the template asks for them) before the speech tokens; the LM then writes
-speech tokens ``<|s_K|>`` until the stop token. Codes are interleaved frame by frame:
-token ``K`` is code ``K % codebook_size`` of codebook ``K // codebook_size`` and position
-``t`` holds codebook ``t % n_codebooks`` (one codebook, as Llasa's Xcodec2, is the special
-case). Sampling is restricted to the valid codebook at each position, and the stop token
-to frame boundaries, so every sample decodes. Audio is resampled to 16 kHz.
+``AutoModelForCausalLM`` + its tokenizer from ``spec.policy.model`` and a transformers codec
+from ``spec.policy.codec``: ``Xcodec2Model`` (Llasa; one FSQ codebook of
+prod(quantization_levels) = 65,536 codes) or an RVQ codec (``DacModel``, ``MimiModel``:
+n_codebooks x codebook_size codes). The tokenizer holds one token per code, ``<|s_K|>``.
 
-Optional ``rlaif_codec_lm.json`` in the model directory overrides the defaults below:
-``{"prompt_template": "...{text}...{labels}...", "speech_token": "<|s_{}|>",
-"stop_token": "<|SPEECH_GENERATION_END|>"}``.
+The prompt is Llasa's, built with the tokenizer's own chat template (so ``<|begin_of_text|>``
+and the headers are the model's): user "Convert the text to speech:
+<|TEXT_UNDERSTANDING_START|>{text}<|TEXT_UNDERSTANDING_END|>", then the assistant turn opened
+with ``<|SPEECH_GENERATION_START|>`` and continued (``continue_final_message``); the LM writes
+speech tokens until ``<|SPEECH_GENERATION_END|>``. ``labelInstruction`` puts RLAIF-SPA's
+four target labels in the user turn. A voice prompt (``prompt.reference``) follows Llasa's
+cloning recipe: its transcript goes before the text, its audio is encoded with the codec
+and its speech tokens open the assistant turn; the rendered sample is the decoded whole
+minus the reference's part.
+
+RVQ codes are interleaved frame by frame: token ``K`` is code ``K % codebook_size`` of
+codebook ``K // codebook_size`` and position ``t`` holds codebook ``t % n_codebooks``.
+Sampling is restricted to the valid codebook at each position, and the stop token to frame
+boundaries, so every sample decodes. Audio is resampled to 16 kHz.
+
+Optional ``rlaif_codec_lm.json`` in the model directory overrides the Llasa defaults below.
 """
 
 from __future__ import annotations
@@ -19,30 +28,33 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Self
 
 import numpy as np
 import torch
 
 from rlaif.api.labels import DIMENSIONS
-from rlaif.api.models import LoraSpec
+from rlaif.api.models import LoraSpec, PolicySpec
 from rlaif.audio import resample
-from rlaif.data import Prompt
-from rlaif.trainer.policies.base import SpeechLMPolicy
+from rlaif.constants import SAMPLE_RATE
+from rlaif.data import Prompt, VoiceReference
+from rlaif.trainer.policies.base import TokenLMPolicy, TokenSlice, silence
 
 SETTINGS_FILE = "rlaif_codec_lm.json"
-LLASA_TEMPLATE = ("<|start_header_id|>user<|end_header_id|>\n\nConvert the text to speech:"
-                  "<|TEXT_UNDERSTANDING_START|>{text}<|TEXT_UNDERSTANDING_END|><|eot_id|>"
-                  "<|start_header_id|>assistant<|end_header_id|>\n\n<|SPEECH_GENERATION_START|>")
-TEMPLATE_TOKENS = ["<|start_header_id|>", "<|end_header_id|>", "<|TEXT_UNDERSTANDING_START|>",
-                   "<|TEXT_UNDERSTANDING_END|>", "<|eot_id|>", "<|SPEECH_GENERATION_START|>",
-                   "<|SPEECH_GENERATION_END|>"]
-SILENCE_SECONDS = 0.1
-"""What a completion with no whole frame renders to (valid audio that scores badly)."""
+LLASA_USER = ("Convert the text to speech:<|TEXT_UNDERSTANDING_START|>{text}"
+              "<|TEXT_UNDERSTANDING_END|>")
+LABEL_INSTRUCTION = ("Speak with this structure: {structure}, emotion: {emotion}, "
+                     "speech rate: {speechRate}, intonation: {intonation}. ")
+"""RLAIF-SPA's instruction built from the four labels, put before Llasa's request."""
+TEMPLATE_TOKENS = ["<|TEXT_UNDERSTANDING_START|>", "<|TEXT_UNDERSTANDING_END|>",
+                   "<|SPEECH_GENERATION_START|>", "<|SPEECH_GENERATION_END|>"]
 
 
 @dataclass(frozen=True)
 class CodecLMSettings:
-    prompt_template: str = LLASA_TEMPLATE
+    user_message: str = LLASA_USER
+    label_instruction: str = LABEL_INSTRUCTION
+    assistant_prefix: str = "<|SPEECH_GENERATION_START|>"
     speech_token: str = "<|s_{}|>"
     stop_token: str = "<|SPEECH_GENERATION_END|>"
 
@@ -57,31 +69,52 @@ class CodecLMSettings:
             raise ValueError(f"{path}: {exc}") from None
 
 
-def format_labels(labels: dict[str, str]) -> str:
-    return ", ".join(f"{d}: {labels[d]}" for d in DIMENSIONS if d in labels)
+def codec_layout(config: Any) -> tuple[int, int]:
+    """(n_codebooks, codebook_size) from a codec's config: FSQ (X-codec2's
+    ``quantization_levels``: one codebook of their product) or RVQ (``codebook_size`` x
+    ``n_codebooks`` / ``num_quantizers``)."""
+    levels = getattr(config, "quantization_levels", None)
+    if levels:
+        return 1, int(np.prod(levels))
+    size = getattr(config, "codebook_size", None)
+    books = getattr(config, "n_codebooks", None) or getattr(config, "num_quantizers", None)
+    if size and books:
+        return int(books), int(size)
+    raise ValueError(f"spec.policy.codec: {type(config).__name__} has neither "
+                     f"quantization_levels (FSQ) nor codebook_size with n_codebooks or "
+                     f"num_quantizers (RVQ)")
 
 
-class CodecLM(SpeechLMPolicy):
-    """LoRA on a speech-token LM; the codec only decodes (frozen, never trained)."""
+def format_labels(labels: dict[str, str], template: str) -> str:
+    return template.format(**{d: labels.get(d, "") for d in DIMENSIONS})
+
+
+class CodecLM(TokenLMPolicy):
+    """LoRA on a speech-token LM; the codec encodes voice prompts and decodes (frozen)."""
 
     def __init__(self, model_dir: Path, codec_dir: Path, finetune: str, lora: LoraSpec,
-                 device: torch.device, dtype: torch.dtype) -> None:
+                 device: torch.device, dtype: torch.dtype, label_instruction: bool = False,
+                 gradient_checkpointing: bool = False) -> None:
         from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
 
         self.settings = CodecLMSettings.load(model_dir)
+        self.label_instruction = label_instruction
         self.tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+        if not self.tokenizer.chat_template:
+            raise ValueError(f"spec.policy.model: the tokenizer in {model_dir} has no chat "
+                             f"template (Llasa's prompt is built with it)")
         # PreTrainedModel.to is @wraps(nn.Module.to): mypy does not bind its self to the model
         model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=dtype).to(device)  # type: ignore[arg-type]
         self.codec = AutoModel.from_pretrained(str(codec_dir)).to(device).eval()
         self.codec.requires_grad_(False)
-        cfg = self.codec.config
-        self.n_codebooks, self.codebook_size = int(cfg.n_codebooks), int(cfg.codebook_size)
-        self.codec_rate = int(cfg.sampling_rate)
+        self.n_codebooks, self.codebook_size = codec_layout(self.codec.config)
+        self.codec_rate = int(self.codec.config.sampling_rate)
         names = [self.settings.speech_token.format(k)
                  for k in range(self.n_codebooks * self.codebook_size)]
         ids = self.tokenizer.convert_tokens_to_ids(names)
         assert isinstance(ids, list)  # a list of tokens converts to a list of ids
-        if self.tokenizer.unk_token_id in ids or None in ids:
+        if None in ids or (self.tokenizer.unk_token_id is not None
+                           and self.tokenizer.unk_token_id in ids):
             raise ValueError(f"spec.policy.model: tokenizer in {model_dir} lacks speech tokens "
                              f"{names[0]}..{names[-1]} for a codec with {self.n_codebooks} x "
                              f"{self.codebook_size} codes")
@@ -92,23 +125,70 @@ class CodecLM(SpeechLMPolicy):
         self.stop_id = int(stop_id)
         self.pad_id = int(self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None
                           else self.stop_id)
-        self.vocab_size = int(model.get_output_embeddings().weight.shape[0])
-        super().__init__(model, finetune, lora)
+        self._slice = self._codebook_slice()
+        self._voice_codes: dict[Path, torch.Tensor] = {}
+        super().__init__(model, finetune, lora, gradient_checkpointing)
+
+    @classmethod
+    def from_spec(cls, spec: PolicySpec, model_dir: Path, codec_dir: Path | None,
+                  device: torch.device, dtype: torch.dtype) -> Self:
+        if codec_dir is None:
+            raise ValueError("spec.policy.codec: required for codec-lm")
+        return cls(model_dir, codec_dir, spec.finetune, spec.lora, device, dtype,
+                   spec.label_instruction, spec.gradient_checkpointing)
+
+    # ------------------------------------------------------------------ prompt
 
     def encode_prompt(self, prompt: Prompt) -> torch.Tensor:
-        text = self.settings.prompt_template.format(text=prompt.text,
-                                                    labels=format_labels(prompt.labels))
-        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
-        return torch.tensor(ids, dtype=torch.long)
+        text = prompt.text
+        voice = ""
+        if prompt.reference is not None:
+            text = f"{prompt.reference.text} {text}".strip()
+            voice = "".join(self.settings.speech_token.format(self.code_token(k, t))
+                            for t, k in enumerate(self.voice_codes(prompt.reference).T.flatten()
+                                                  .tolist()))
+        user = self.settings.user_message.format(text=text)
+        if self.label_instruction:
+            user = format_labels(prompt.labels, self.settings.label_instruction) + user
+        chat = [{"role": "user", "content": user},
+                {"role": "assistant", "content": self.settings.assistant_prefix + voice}]
+        ids = self.tokenizer.apply_chat_template(chat, tokenize=True,
+                                                 continue_final_message=True,
+                                                 return_dict=False)
+        return torch.tensor(ids, dtype=torch.long).flatten()
 
-    def allowed_tokens(self, length: int) -> torch.Tensor:
-        allowed = torch.zeros(length, self.vocab_size, dtype=torch.bool)
-        per_book = self.speech_ids.view(self.n_codebooks, self.codebook_size)
-        for t in range(length):
-            allowed[t, per_book[t % self.n_codebooks]] = True
-            if t % self.n_codebooks == 0:
-                allowed[t, self.stop_id] = True
-        return allowed
+    def code_token(self, code: int, position: int) -> int:
+        """The speech-token number of ``code`` at interleaved ``position``."""
+        return (position % self.n_codebooks) * self.codebook_size + code
+
+    @torch.no_grad()
+    def voice_codes(self, reference: VoiceReference) -> torch.Tensor:
+        """The reference recording's codes [n_codebooks, frames] (encoded once)."""
+        if reference.audio not in self._voice_codes:
+            wave = resample(reference.waveform(), SAMPLE_RATE, self.codec_rate)
+            self._voice_codes[reference.audio] = self._encode(wave).cpu()
+        return self._voice_codes[reference.audio]
+
+    def _encode(self, wave: np.ndarray) -> torch.Tensor:
+        if getattr(self.codec.config, "quantization_levels", None):
+            return xcodec2_encode(self.codec, wave)
+        audio = torch.from_numpy(wave).to(self.device)[None, None]
+        codes = self.codec.encode(audio).audio_codes
+        return codes.reshape(-1, self.n_codebooks, codes.shape[-1])[0].long()
+
+    # ------------------------------------------------------------------ completion
+
+    def token_slice(self) -> TokenSlice:
+        return self._slice
+
+    def _codebook_slice(self) -> TokenSlice:
+        """Codebook ``t % n`` at position ``t``; the stop token at frame boundaries."""
+        n, size = self.n_codebooks, self.codebook_size
+        book = torch.arange(n * size) // size
+        rows = torch.cat([book.unsqueeze(0) == torch.arange(n).unsqueeze(1),
+                          (torch.arange(n) == 0).unsqueeze(1)], dim=1)
+        ids = torch.cat([self.speech_ids, torch.tensor([self.stop_id])])
+        return TokenSlice.build(ids, rows, cycle=True)
 
     def codes(self, ids: list[int]) -> torch.Tensor:
         """Speech tokens -> codec codes [1, n_codebooks, frames] (an incomplete frame dropped)."""
@@ -121,46 +201,34 @@ class CodecLM(SpeechLMPolicy):
     def render(self, ids: list[int], prompt: Prompt) -> np.ndarray:
         codes = self.codes(ids)
         if codes.shape[-1] == 0:
-            return np.zeros(int(16000 * SILENCE_SECONDS), dtype=np.float32)
-        audio = self.codec.decode(audio_codes=codes.to(self.device)).audio_values
-        wave = audio.reshape(-1).float().cpu().numpy()
-        return resample(np.clip(wave, -1.0, 1.0), self.codec_rate)
+            return silence()
+        prefix = (self.voice_codes(prompt.reference).unsqueeze(0) if prompt.reference
+                  else codes[..., :0])
+        whole = torch.cat([prefix, codes], dim=-1).to(self.device)
+        wave = self.codec.decode(audio_codes=whole).audio_values.reshape(-1).float().cpu()
+        cut = wave.shape[0] * prefix.shape[-1] // whole.shape[-1]  # Llasa: drop the voice part
+        return resample(np.clip(wave[cut:].numpy(), -1.0, 1.0), self.codec_rate)
 
     def describe(self, ids: list[int]) -> str:
         return f"{len(ids) // self.n_codebooks} frames"
 
 
-def write_tiny_model_dirs(model_dir: Path, codec_dir: Path, seed: int = 0,
-                          n_codebooks: int = 2, codebook_size: int = 64) -> None:
-    """A tiny random Llama + char tokenizer + DAC, for tests and benchmarks (not for quality)."""
-    from tokenizers import Tokenizer, models
-    from transformers import (
-        DacConfig,
-        DacModel,
-        LlamaConfig,
-        LlamaForCausalLM,
-        PreTrainedTokenizerFast,
-    )
+@torch.no_grad()
+def xcodec2_encode(codec: Any, wave: np.ndarray) -> torch.Tensor:
+    """X-codec2 codes [1, frames] of a waveform at the codec's rate.
 
-    chars = ["<unk>", "<pad>"] + [chr(i) for i in range(32, 127)] + ["\n"]
-    core = Tokenizer(models.BPE({c: i for i, c in enumerate(chars)}, [], unk_token="<unk>"))
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, unk_token="<unk>",
-                                        pad_token="<pad>")
-    tokenizer.add_special_tokens({"additional_special_tokens": TEMPLATE_TOKENS})
-    settings = CodecLMSettings()
-    tokenizer.add_tokens([settings.speech_token.format(k)
-                          for k in range(n_codebooks * codebook_size)], special_tokens=True)
-    tokenizer.save_pretrained(str(model_dir))
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        lm = LlamaForCausalLM(LlamaConfig(
-            vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128,
-            num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4,
-            max_position_embeddings=512, tie_word_embeddings=False,
-            pad_token_id=tokenizer.pad_token_id))
-        codec = DacModel(DacConfig(encoder_hidden_size=8, downsampling_ratios=[2, 4, 4],
-                                   decoder_hidden_size=32, n_codebooks=n_codebooks,
-                                   codebook_size=codebook_size, codebook_dim=4,
-                                   sampling_rate=16000))
-    lm.save_pretrained(str(model_dir))
-    codec.save_pretrained(str(codec_dir))
+    Semantic features as X-codec2's own ``encode_code`` makes them (w2v-BERT 2.0's
+    numpy filterbank, ``SeamlessM4TFeatureExtractor``, on the audio padded by half a hop
+    each side), so no torchaudio is needed; the acoustic input is padded to whole hops.
+    """
+    from transformers import SeamlessM4TFeatureExtractor
+
+    hop = int(codec.config.hop_length)
+    padded = np.pad(wave, (0, (-len(wave)) % hop))
+    features = SeamlessM4TFeatureExtractor()(np.pad(padded, (hop // 2, hop // 2)),
+                                             sampling_rate=int(codec.config.sampling_rate),
+                                             return_tensors="pt")["input_features"]
+    device = next(codec.parameters()).device
+    out = codec.encode(input_values=torch.from_numpy(padded).to(device)[None, None],
+                       input_features=features.to(device))
+    return out.audio_codes[0].long()

@@ -18,17 +18,18 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Self
 from xml.sax.saxutils import escape
 
 import numpy as np
 import torch
 
 from rlaif.api.labels import DIMENSIONS, LabelSchema
-from rlaif.api.models import LoraSpec
+from rlaif.api.models import LoraSpec, PolicySpec
 from rlaif.data import Prompt
 from rlaif.files import build_once
 from rlaif.trainer.audio import espeak_ssml
-from rlaif.trainer.policies.base import SpeechLMPolicy
+from rlaif.trainer.policies.base import TokenLMPolicy, TokenSlice
 
 VOCAB_FILE = "prosody_vocab.json"
 BUILTIN_NAME = "prosody-lm-v1"
@@ -85,11 +86,12 @@ class ProsodyProgram:
         return " ".join(f"{k}={getattr(self, k)}" for k in SLOTS)
 
 
-class ProsodyLM(SpeechLMPolicy):
+class ProsodyLM(TokenLMPolicy):
     """The quickstart policy over espeak-ng (see the module docstring)."""
 
     def __init__(self, model_dir: Path, finetune: str, lora: LoraSpec,
-                 device: torch.device, dtype: torch.dtype) -> None:
+                 device: torch.device, dtype: torch.dtype,
+                 gradient_checkpointing: bool = False) -> None:
         from transformers import AutoModelForCausalLM
 
         vocab_path = model_dir / VOCAB_FILE
@@ -101,8 +103,26 @@ class ProsodyLM(SpeechLMPolicy):
         # PreTrainedModel.to is @wraps(nn.Module.to): mypy does not bind its self to the model
         model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=dtype).to(device)  # type: ignore[arg-type]
         self.pad_id, self.stop_id = self.index["<pad>"], self.index["<eos>"]
-        super().__init__(model, finetune, lora)
-        self._slot_ids = [[self.index[f"{s}={v}"] for v in values] for s, values in SLOTS.items()]
+        super().__init__(model, finetune, lora, gradient_checkpointing)
+        self._slice = self._program_slice()
+
+    def _program_slice(self) -> TokenSlice:
+        """Slot ``t``'s values at position ``t``, then only <eos>."""
+        slots = [[self.index[f"{s}={v}"] for v in values] for s, values in SLOTS.items()]
+        ids = [t for values in slots for t in values] + [self.stop_id]
+        rows = torch.zeros(len(slots) + 1, len(ids), dtype=torch.bool)
+        start = 0
+        for r, values in enumerate(slots):
+            rows[r, start:start + len(values)] = True
+            start += len(values)
+        rows[-1, -1] = True
+        return TokenSlice.build(torch.tensor(ids), rows, cycle=False)
+
+    @classmethod
+    def from_spec(cls, spec: PolicySpec, model_dir: Path, codec_dir: Path | None,
+                  device: torch.device, dtype: torch.dtype) -> Self:
+        return cls(model_dir, spec.finetune, spec.lora, device, dtype,
+                   spec.gradient_checkpointing)
 
     def encode_prompt(self, prompt: Prompt) -> torch.Tensor:
         unk = self.index["<unk>"]
@@ -115,14 +135,8 @@ class ProsodyLM(SpeechLMPolicy):
         ids.append(self.index["<controls>"])
         return torch.tensor(ids, dtype=torch.long)
 
-    def allowed_tokens(self, length: int) -> torch.Tensor:
-        allowed = torch.zeros(length, len(self.tokens), dtype=torch.bool)
-        for t in range(length):
-            if t < len(self._slot_ids):
-                allowed[t, self._slot_ids[t]] = True
-            else:
-                allowed[t, self.stop_id] = True
-        return allowed
+    def token_slice(self) -> TokenSlice:
+        return self._slice
 
     def program(self, ids: list[int]) -> ProsodyProgram:
         values = dict(NEUTRAL)
