@@ -14,7 +14,9 @@ same server, both through a kubeconfig written here.
 from __future__ import annotations
 
 import asyncio
+import collections
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -23,13 +25,14 @@ import uuid
 from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, NamedTuple, TypeVar
 
 import kmock
 import kubernetes
 import yaml
 
 from rlaif import constants as c
+from rlaif.api.crd import all_crds
 from rlaif.operator.kube import USER_AGENT, Kube
 
 REPO = Path(__file__).resolve().parent.parent
@@ -46,6 +49,7 @@ RESOURCES = {
     "apps/v1/deployments": ("Deployment", ["status", "scale"]),
     "networking.k8s.io/v1/networkpolicies": ("NetworkPolicy", []),
     "policy/v1/poddisruptionbudgets": ("PodDisruptionBudget", ["status"]),
+    "autoscaling/v2/horizontalpodautoscalers": ("HorizontalPodAutoscaler", ["status"]),
     "coordination.k8s.io/v1/leases": ("Lease", []),
     "scheduling.volcano.sh/v1beta1/podgroups": ("PodGroup", []),
     "scheduling.x-k8s.io/v1alpha1/podgroups": ("PodGroup", []),
@@ -64,6 +68,18 @@ CLUSTER_SCOPED = {"CustomResourceDefinition", "Namespace", "ValidatingWebhookCon
 T = TypeVar("T")
 
 
+class Call(NamedTuple):
+    """One API request as RBAC authorises it ("" for no group, subresource, namespace or
+    name; the namespace is "" for cluster-wide lists and watches)."""
+
+    verb: str
+    group: str
+    resource: str
+    subresource: str
+    namespace: str
+    name: str
+
+
 class Emulator(kmock.KubernetesEmulator):  # type: ignore[misc]
     """KubernetesEmulator plus the metadata a real API server sets."""
 
@@ -71,8 +87,15 @@ class Emulator(kmock.KubernetesEmulator):  # type: ignore[misc]
     """Requests served (kmock's own log is trimmed, see below)."""
     operator_requests = 0
     """Of which the operator (its client and kopf) made."""
-    operator_calls: set[tuple[str, str, str, str]]
-    """(verb, group, resource, subresource) of every request the operator made (RBAC check)."""
+    operator_calls: set[Call]
+    """Every API call the operator made, as RBAC sees it (the RBAC replay tests)."""
+    operator_verbs: collections.Counter[str]
+    """The operator's requests by RBAC verb (the benchmark's breakdown at rest)."""
+    operator_resources: collections.Counter[str]
+    """The operator's requests by resource (plural)."""
+    refusals: dict[tuple[str, str, str], kmock.KubernetesError]
+    """(verb, plural, namespace) -> the error to answer instead: what a ResourceQuota, an
+    admission webhook or a validation error would say (tests of error reporting)."""
 
     async def _handle(self, request: kmock.Request) -> Any:
         # kmock matches each request against views over its whole request log, which makes
@@ -85,8 +108,12 @@ class Emulator(kmock.KubernetesEmulator):  # type: ignore[misc]
         if (res is not None and res.plural and request.action is not None
                 and agent.startswith((USER_AGENT, "kopf/"))):
             self.operator_requests += 1
-            self.operator_calls.add((RBAC_VERBS[request.action.value], res.group or "",
-                                     res.plural, request.subresource or ""))
+            self.operator_calls.update(self._calls(request))
+            self.operator_verbs[RBAC_VERBS[request.action.value]] += 1
+            self.operator_resources[res.plural] += 1
+        if (res is not None and request.action is not None and (refusal := self.refusals.get(
+                (RBAC_VERBS[request.action.value], res.plural or "", request.namespace or "")))):
+            raise refusal
         data = request.data if isinstance(request.data, dict) else None
         if data is not None and request.action == kmock.action.CREATE:
             meta = data.setdefault("metadata", {})
@@ -117,10 +144,29 @@ class Emulator(kmock.KubernetesEmulator):  # type: ignore[misc]
                 if key in self.objects:
                     del self.objects[key].history[:-1]
 
+    def _calls(self, request: kmock.Request) -> list[Call]:
+        """The request as RBAC authorises it, plus the ``update`` of an owner's finalizers that
+        the OwnerReferencesPermissionEnforcement admission plugin checks for every
+        ownerReference with blockOwnerDeletion (strict clusters such as OpenShift)."""
+        res, action = request.resource, request.action
+        assert res is not None and action is not None
+        calls = [Call(RBAC_VERBS[action.value], res.group or "", res.plural or "",
+                      request.subresource or "", request.namespace or "", request.name or "")]
+        data = request.data if isinstance(request.data, dict) else {}
+        for ref in (data.get("metadata") or {}).get("ownerReferences") or []:
+            if ref.get("blockOwnerDeletion") and action in (kmock.action.CREATE,
+                                                           kmock.action.UPDATE):
+                group = ref["apiVersion"].rpartition("/")[0]
+                owner = next(r for r in self.resources if self.resources[r].kind == ref["kind"]
+                             and (r.group or "") == group)
+                calls.append(Call("update", owner.group or "", owner.plural or "", "finalizers",
+                                  request.namespace or "", ref["name"]))
+        return calls
+
     async def _serve_fetch(self, request: kmock.Request) -> Any:
         obj = await super()._serve_fetch(request)
         assert isinstance(obj, dict)  # kmock serves an object as its raw dict
-        return _scale_view(request, obj)
+        return _table(request, [obj]) or _scale_view(request, obj)
 
     async def _serve_update(self, request: kmock.Request) -> Any:
         obj = await super()._serve_update(request)
@@ -136,7 +182,7 @@ class Emulator(kmock.KubernetesEmulator):  # type: ignore[misc]
         group, version = request.resource.group, request.resource.version
         out["apiVersion"] = f"{group}/{version}" if group else version
         out["kind"] = f"{info.kind}List"
-        return out
+        return _table(request, out.get("items") or []) or out
 
 
 def _scale_view(request: kmock.Request, obj: dict[str, Any]) -> dict[str, Any]:
@@ -151,6 +197,43 @@ def _scale_view(request: kmock.Request, obj: dict[str, Any]) -> dict[str, Any]:
             "spec": {"replicas": (obj.get("spec") or {}).get("replicas", 0)},
             "status": {"replicas": (obj.get("status") or {}).get("replicas", 0),
                        "selector": (obj.get("status") or {}).get("selector", "")}}
+
+
+PRINTER_COLUMNS = {crd["spec"]["names"]["plural"]: crd["spec"]["versions"][0].get(
+    "additionalPrinterColumns", []) for crd in all_crds().values()}
+JSON_PATH_STEP = re.compile(r'\.(\w+)|\[\?\(@\.(\w+)=="([^"]*)"\)\]')
+
+
+def _table(request: kmock.Request, objects: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """What an API server answers kubectl's ``Accept: ...;as=Table`` for a custom resource:
+    the CRD's printer columns (``kubectl get -o wide`` shows those with priority 1 too);
+    None for other requests, which get the objects themselves."""
+    plural = request.resource.plural if request.resource is not None else None
+    if "as=Table" not in request.headers.get("Accept", "") or plural not in PRINTER_COLUMNS:
+        return None
+    columns = [{"name": "Name", "type": "string", "format": "name", "priority": 0},
+               *({"priority": 0, **col} for col in PRINTER_COLUMNS[plural])]
+    rows = [{"cells": [obj["metadata"]["name"], *(_cell(obj, col) for col in columns[1:])],
+             "object": {"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1",
+                        "metadata": obj["metadata"]}} for obj in objects]
+    return {"kind": "Table", "apiVersion": "meta.k8s.io/v1", "metadata": {},
+            "columnDefinitions": columns, "rows": rows}
+
+
+def _cell(obj: dict[str, Any], column: dict[str, Any]) -> Any:
+    """A printer column's value: the ``.field`` and ``[?(@.key=="value")]`` JSONPath steps
+    the CRDs use; a date as the age kubectl shows."""
+    node: Any = obj
+    for field, key, value in JSON_PATH_STEP.findall(column["jsonPath"]):
+        if field:
+            node = node.get(field) if isinstance(node, dict) else None
+        else:
+            node = next((i for i in node or [] if isinstance(i, dict) and i.get(key) == value),
+                        None)
+    if node is not None and column["type"] == "date":
+        age = datetime.now(timezone.utc) - datetime.fromisoformat(node.replace("Z", "+00:00"))
+        return f"{int(age.total_seconds())}s"
+    return node
 
 
 def declare(emulator: Emulator) -> None:
@@ -182,6 +265,9 @@ class EmulatedCluster:
         self._loop, self._stop = asyncio.get_running_loop(), asyncio.Event()
         async with Emulator() as emulator, kmock.Server(emulator) as server:
             emulator.operator_calls = set()
+            emulator.operator_verbs = collections.Counter()
+            emulator.operator_resources = collections.Counter()
+            emulator.refusals = {}
             declare(emulator)
             self.emulator, self.url = emulator, str(server.url).rstrip("/")
             self._ready.set()
@@ -205,6 +291,16 @@ class EmulatedCluster:
             self._loop.call_soon_threadsafe(self._stop.set)
         self._thread.join(10)
 
+    def count(self, plurals: set[str], namespace: str) -> int:
+        """Objects of these resources in ``namespace``, counted in the emulator's own thread
+        (no list requests: a benchmark's polling must not load the server it measures)."""
+        async def _count() -> int:
+            assert self.emulator is not None
+            return sum(1 for (resource, ns, _), obj in list(self.emulator.objects.items())
+                       if resource.plural in plurals and ns == namespace and not obj.deleted)
+        assert self._loop is not None
+        return asyncio.run_coroutine_threadsafe(_count(), self._loop).result(30)
+
     @property
     def request_count(self) -> int:
         return self.emulator.served if self.emulator is not None else 0
@@ -218,20 +314,21 @@ class EmulatedCluster:
                                            client_configuration=config)
         return Kube(kubernetes.client.ApiClient(config))
 
-    def kubectl(self, *args: str, check: bool = True, stdin: str | None = None
-                ) -> subprocess.CompletedProcess[str]:
+    def kubectl(self, *args: str, check: bool = True, stdin: str | None = None,
+                timeout: float = 60) -> subprocess.CompletedProcess[str]:
         """The real kubectl against the emulator (no OpenAPI there, so --validate=false)."""
         kubectl = str(Path(sys.executable).parent / "kubectl")
         proc = subprocess.run([kubectl, *args], env=self.env(), capture_output=True, text=True,
-                              input=stdin, timeout=60)
+                              input=stdin, timeout=timeout)
         if check and proc.returncode != 0:
             raise RuntimeError(f"kubectl {' '.join(args)} failed: {proc.stderr.strip()}")
         return proc
 
-    def start_operator(self, log: Path, interval: float = 0.5, **env: str
+    def start_operator(self, log: Path, interval: float = 0.5,
+                       namespaces: list[str] | None = None, **env: str
                        ) -> subprocess.Popen[bytes]:
-        """The real ``rlaif operator`` process, reconciling every ``interval`` seconds; ``env``
-        adds RLAIF_* settings."""
+        """The real ``rlaif operator`` process, reconciling every ``interval`` seconds in
+        ``namespaces`` (None: all); ``env`` adds RLAIF_* settings."""
         rlaif = str(Path(sys.executable).parent / "rlaif")
         full_env = self.env(**{"RLAIF_RECONCILE_INTERVAL": str(interval),
                                "RLAIF_START_TIMEOUT": "30", "RLAIF_RESTART_BACKOFF": "1",
@@ -239,7 +336,9 @@ class EmulatedCluster:
                                **env})
         with log.open("wb") as out:
             self.operator = subprocess.Popen(
-                [rlaif, "operator", "--standalone", "--all-namespaces"], env=full_env,
+                [rlaif, "operator", "--standalone",
+                 *([f"--namespace={n}" for n in namespaces] if namespaces
+                   else ["--all-namespaces"])], env=full_env,
                 stdout=out, stderr=subprocess.STDOUT)
         return self.operator
 

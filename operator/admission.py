@@ -16,6 +16,8 @@ from rlaif.api.models import RLAIFJob
 from rlaif.api.validation import job_rule_errors, pydantic_errors
 
 IMMUTABLE_FIELDS = ("algorithm", "policy")
+WEBHOOK_ID = "validate-rlaifjob"
+"""kopf serves the webhook at ``/<id>``: the path in the chart's ValidatingWebhookConfiguration."""
 ACCEPTED_ANNOTATION = f"{c.GROUP}/accepted-immutable-spec"
 """The immutable fields the operator started the job with, kept for the fallback check."""
 

@@ -53,3 +53,34 @@ def transitions(old: list[Condition], new: list[Condition]) -> list[Condition]:
                                                                          cond["reason"]):
             changed.append(cond)
     return changed
+
+
+CHILDREN_READY = "ChildrenReady"
+"""False while the API server refuses to create or change a child (quota, RBAC, admission,
+an invalid field); the reason says which, the message quotes the API server."""
+
+
+def api_error_reason(status: int, reason: str, detail: str) -> str:
+    """A condition reason for a refused API call (the Status object's own reason refined:
+    a ResourceQuota and an admission webhook both answer 403 Forbidden)."""
+    text = detail.lower()
+    if "exceeded quota" in text or ("quota" in text and status == 403):
+        return "QuotaExceeded"
+    if "admission webhook" in text or "denied the request" in text:
+        return "AdmissionDenied"
+    known = {401: "Unauthorized", 403: "Forbidden", 404: "NotFound", 409: "Conflict",
+             422: "Invalid", 429: "TooManyRequests"}
+    return reason or known.get(status) or ("ServerError" if status >= 500 else f"HTTP{status}")
+
+
+def children_condition(conditions: list[Condition], error: tuple[int, str, str, list[str]] | None,
+                       what: str, now: datetime) -> list[Condition]:
+    """``conditions`` with ChildrenReady set from the last child write: ``error`` is the
+    refused call's (HTTP status, Status reason, message, refused fields), ``what`` the call."""
+    if error is None:
+        return set_condition(conditions, CHILDREN_READY, True, "Synced",
+                             "every child exists and matches the spec", now)
+    status, reason, detail, fields = error
+    message = f"{what}: {detail}" + (f" (fields: {', '.join(fields)})" if fields else "")
+    return set_condition(conditions, CHILDREN_READY, False,
+                         api_error_reason(status, reason, detail), message, now)

@@ -1,18 +1,25 @@
-"""kopf handlers: thin. Each one fetches the object fresh, runs one reconciliation under a
-per-object lock (watch events and timers can fire together) and posts the Events it reports.
+"""kopf hosts the process (start-up, clean-up, liveness, the admission webhook); the
+reconciling is informer-driven: one list+watch per kind with a server-side label selector
+(``informer.Cache``) feeds a work queue, and each reconciliation reads its object and
+children from that cache.
 
-Children carry ownerReferences, so Kubernetes' garbage collector deletes them with their
-parent; there are no delete handlers. kopf adds its own finalizer for the timers and takes
-it off when the object is deleted.
+What wakes a reconciliation: a change to a job's or server's spec or metadata, a change to
+one of its children (the controller ownerReference names the parent), a pod of it or a
+FailedCreate Event about its trainer Job; a requeue every ``reconcileInterval`` while a job is
+not finished (timeouts, metrics); a full resync every ``resyncInterval``. There are no
+timers, so there are no finalizers: children carry ownerReferences and Kubernetes' garbage
+collector deletes them with their parent, and deletes go through while the operator is down
+(a finalizer an older version left behind is taken off).
 """
 
 from __future__ import annotations
 
 import logging
 import socket
+import sys
 import threading
+import time
 import uuid
-from collections import defaultdict
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -22,20 +29,45 @@ import prometheus_client
 
 from rlaif import constants as c
 from rlaif.operator import admission, kube, leader, reconcile, telemetry
+from rlaif.operator import server_builders as sb
+from rlaif.operator.informer import Cache, Informer, QueueKey, WorkQueue
+from rlaif.operator.kube import Manifest, controller_of
 from rlaif.operator.settings import OperatorConfig
 
 CFG = OperatorConfig.from_env()
-JOBS = (c.GROUP, c.VERSION, c.JOB_PLURAL)
-SERVERS = (c.GROUP, c.VERSION, c.SERVER_PLURAL)
 OWNED = {c.LABEL_MANAGED_BY: c.PART_OF}
-"""Children this operator created (it watches their changes to react at once)."""
+"""Children this operator created: the server-side selector of every child watch."""
+CHILD_KINDS = [("v1", "ConfigMap"), ("v1", "Service"), ("apps/v1", "Deployment"),
+               ("batch/v1", "Job"), ("networking.k8s.io/v1", "NetworkPolicy"),
+               ("policy/v1", "PodDisruptionBudget"), reconcile.HPA]
+FAILED_CREATE = {"reason": "FailedCreate", "involvedObject.kind": "Job"}
+"""The only Events read (why a trainer Job has no pods: quota, admission)."""
 RETRY_SECONDS = max(1.0, CFG.reconcile_interval)
-"""A failed reconciliation (API error) is retried this soon, not after kopf's 60 s."""
+"""A failed reconciliation (API error) is retried this soon."""
+WORKERS = 8
+SYNC_SECONDS = 60.0
+"""How long the workers wait for every informer's first list before reconciling anyway."""
+KOPF_FINALIZER = "kopf.zalando.org/KopfFinalizerMarker"
+"""Put on every object by the timers of versions before 0.2; taken off here."""
 
-_locks: defaultdict[str, threading.Lock] = defaultdict(threading.Lock)
+QUEUE = WorkQueue()
+CACHE: Cache | None = None
 ELECTOR: leader.Elector | None = None
 """This replica's leader election, started with the operator when enabled."""
 _stop = threading.Event()
+_scraped: dict[QueueKey, float] = {}
+"""When each running job's rank 0 was last scraped (once per reconcileInterval)."""
+
+
+def watch_namespaces(argv: list[str]) -> list[str] | None:
+    """The namespaces kopf was told to serve (``--namespace``/``-n``), None for all."""
+    found, args = [], iter(argv)
+    for arg in args:
+        if arg in ("-n", "--namespace"):
+            found.append(next(args, ""))
+        elif arg.startswith("--namespace="):
+            found.append(arg.split("=", 1)[1])
+    return [n for n in found if n] or None
 
 
 @kopf.on.startup()
@@ -45,9 +77,10 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.execution.max_workers = 16
     if CFG.metrics_port:
         prometheus_client.start_http_server(CFG.metrics_port)
+    # Serve only: the chart owns the ValidatingWebhookConfiguration (no kopf-managed one).
     if CFG.webhook_port:
         settings.admission.server = webhook_server(CFG)
-        settings.admission.managed = f"validate.{c.GROUP}"
+    settings.scanning.disabled = not CFG.cluster_scanning
     if CFG.leader_election:
         global ELECTOR
         ELECTOR = leader.Elector(kube.client(), CFG.lease_namespace, CFG.lease_name,
@@ -55,6 +88,13 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
                                  CFG.lease_seconds)
         threading.Thread(target=ELECTOR.run, args=(_stop,), name="leader-election",
                          daemon=True).start()
+    global CACHE
+    CACHE = build_cache(kube.client(), watch_namespaces(sys.argv))
+    CACHE.start(_stop)
+    for i in range(WORKERS):
+        threading.Thread(target=_work, args=(CACHE,), name=f"reconcile-{i}",
+                         daemon=True).start()
+    threading.Thread(target=_resync, name="resync", daemon=True).start()
 
 
 @kopf.on.cleanup()
@@ -69,91 +109,180 @@ def webhook_server(cfg: OperatorConfig) -> kopf.WebhookServer:
     certs = Path(cfg.webhook_cert_dir)
     ca = certs / "ca.crt" if (certs / "ca.crt").exists() else certs / "tls.crt"
     return kopf.WebhookServer(addr="0.0.0.0", port=cfg.webhook_port,
-                              host=cfg.webhook_host or None, certfile=str(certs / "tls.crt"),
-                              pkeyfile=str(certs / "tls.key"), cafile=str(ca))
+                              certfile=str(certs / "tls.crt"), pkeyfile=str(certs / "tls.key"),
+                              cafile=str(ca))
 
 
-def _run(kind: str, namespace: str | None, name: str, uid: str, scrape: bool = False) -> None:
-    """One reconciliation of one object, never two at once for the same object, and only
-    in the replica holding the leader Lease."""
-    if CFG.leader_election and (ELECTOR is None or not ELECTOR.leading.is_set()):
+def build_cache(client: kube.Kube, namespaces: list[str] | None) -> Cache:
+    """Informers for both kinds (all of them) and every child kind (only the operator's)."""
+    def inf(api_version: str, kind: str, on_change: Any, **selectors: Any) -> Informer:
+        return Informer(client, api_version, kind, on_change=on_change,
+                        namespaces=namespaces, **selectors)
+
+    return Cache([inf(c.API_VERSION, c.JOB_KIND, _job_changed),
+                  inf(c.API_VERSION, c.SERVER_KIND, _server_changed),
+                  *(inf(av, kind, _child_changed, labels=OWNED) for av, kind in CHILD_KINDS),
+                  inf("v1", "Pod", _pod_changed, labels=OWNED),
+                  inf("v1", "Event", _event_changed, fields=FAILED_CREATE)])
+
+
+def _desired(obj: Manifest | None) -> Manifest | None:
+    """An object without its status and bookkeeping: what a change to it that needs a
+    reconciliation changes (our own status writes come back as watch events too)."""
+    if obj is None:
+        return None
+    meta = {k: v for k, v in obj["metadata"].items()
+            if k not in ("resourceVersion", "managedFields")}
+    return {**{k: v for k, v in obj.items() if k != "status"}, "metadata": meta}
+
+
+_current = threading.local()
+"""The key the calling worker thread is reconciling, if any."""
+
+
+def _wake(key: QueueKey) -> None:
+    """Queue ``key`` for a change, unless the change is its own reconciliation's write (which
+    reaches the cache, and so these handlers, from the worker thread that made it)."""
+    if key != getattr(_current, "key", None):
+        QUEUE.add(key)
+
+
+def _enqueue_owner(obj: Manifest) -> None:
+    ref = controller_of(obj)
+    if ref is not None and ref.get("apiVersion") == c.API_VERSION:
+        _wake((ref["kind"], obj["metadata"].get("namespace"), ref["name"]))
+
+
+def _job_changed(old: Manifest | None, new: Manifest | None) -> None:
+    if new is not None and _desired(old) != _desired(new):
+        _wake((c.JOB_KIND, new["metadata"].get("namespace"), new["metadata"]["name"]))
+
+
+def _server_changed(old: Manifest | None, new: Manifest | None) -> None:
+    if new is not None and _desired(old) != _desired(new):
+        _wake((c.SERVER_KIND, new["metadata"].get("namespace"), new["metadata"]["name"]))
+    _enqueue_owner(new or old or {"metadata": {}})  # a job waiting for this server
+
+
+def _child_changed(old: Manifest | None, new: Manifest | None) -> None:
+    _enqueue_owner(new or old or {"metadata": {}})
+
+
+def _pod_changed(old: Manifest | None, new: Manifest | None) -> None:
+    """A reward pod wakes its server, a trainer or labelling pod its job."""
+    pod = new or old or {"metadata": {}}
+    labels, ns = pod["metadata"].get("labels") or {}, pod["metadata"].get("namespace")
+    if labels.get(c.LABEL_COMPONENT) == sb.COMPONENT and c.LABEL_INSTANCE in labels:
+        _wake((c.SERVER_KIND, ns, labels[c.LABEL_INSTANCE]))
+    elif c.LABEL_JOB in labels:
+        _wake((c.JOB_KIND, ns, labels[c.LABEL_JOB]))
+
+
+def _event_changed(old: Manifest | None, new: Manifest | None) -> None:
+    """A FailedCreate about a trainer Job wakes the job that owns it."""
+    event = new or old or {}
+    involved = event.get("involvedObject") or {}
+    jobs = CACHE.of("batch/v1", "Job") if CACHE is not None else None
+    found = jobs.get(involved.get("namespace"), involved.get("name", "")) if jobs else None
+    if found is not None:
+        _enqueue_owner(found)
+
+
+def _enqueue_all() -> None:
+    if CACHE is None:
         return
+    for kind in (c.JOB_KIND, c.SERVER_KIND):
+        informer = CACHE.informers[(c.API_VERSION, kind)]
+        for obj in informer.items():
+            QUEUE.add((kind, obj["metadata"].get("namespace"), obj["metadata"]["name"]))
+
+
+def _leading() -> bool:
+    return not CFG.leader_election or (ELECTOR is not None and ELECTOR.leading.is_set())
+
+
+def _resync() -> None:
+    """Everything again every resyncInterval, and at once when this replica becomes leader
+    (a standby's queue was dropped while it waited)."""
+    was_leading, last = False, time.monotonic()
+    while not _stop.wait(1.0):
+        leading = _leading()
+        if (leading and not was_leading) or time.monotonic() - last >= CFG.resync_interval:
+            _enqueue_all()
+            last = time.monotonic()
+        was_leading = leading
+
+
+def _work(cache: Cache) -> None:
+    """One reconcile worker. It starts once every informer has listed, so reconciliations
+    read from memory from the first one (a kind that cannot be listed, e.g. an API the
+    cluster lacks, is read from the API after SYNC_SECONDS instead of blocking everything)."""
+    if not cache.wait_synced(SYNC_SECONDS):
+        logging.getLogger(__name__).warning(
+            "not every watch has listed after %.0f s; reconciling anyway", SYNC_SECONDS)
+    QUEUE.work(_handle, _stop)
+
+
+def _handle(key: QueueKey) -> None:
+    """One queued reconciliation; it comes back when the outcome asks for it."""
+    if not _leading():
+        return
+    kind = key[0]
     telemetry.RECONCILES.labels(kind).inc()
-    with (_locks[uid], telemetry.SECONDS.labels(kind).time(),
-          telemetry.FAILURES.labels(kind).count_exceptions()):
-        session = kube.client().session()
-        fresh = session.get(c.API_VERSION, kind, namespace, name)
-        if fresh is None or fresh["metadata"].get("deletionTimestamp"):
-            return
-        now = datetime.now(timezone.utc)
-        if kind == c.JOB_KIND:
-            if reconcile.expired(fresh, now):
-                session.delete(c.API_VERSION, kind, namespace, name)
-                # kopf posts events for raw dicts too; its stubs only name kopf.Body
-                kopf.info(fresh, reason="Expired",  # type: ignore[arg-type]
-                          message="deleted after ttlSecondsAfterFinished")
-                return
-            outcome = reconcile.reconcile_job(session, fresh, CFG, now, scrape=scrape)
-        else:
-            outcome = reconcile.reconcile_server(session, fresh, now)
+    _current.key = key
+    try:
+        with telemetry.SECONDS.labels(kind).time():
+            again = _run(*key)
+    except Exception:  # API errors and the like: logged, counted, tried again soon
+        telemetry.FAILURES.labels(kind).inc()
+        logging.getLogger(__name__).exception("reconciling %s %s/%s failed", *key)
+        again = RETRY_SECONDS
+    finally:
+        _current.key = None
+    if again is not None:
+        QUEUE.add(key, again)
+
+
+def _drop_kopf_finalizer(session: kube.Session, body: Manifest) -> None:
+    finalizers = body["metadata"].get("finalizers") or []
+    if KOPF_FINALIZER in finalizers:
+        meta = body["metadata"]
+        session.patch(body["apiVersion"], body["kind"], meta.get("namespace"), meta["name"], {
+            "metadata": {"finalizers": [f for f in finalizers if f != KOPF_FINALIZER],
+                         "resourceVersion": meta.get("resourceVersion")}})
+
+
+def _run(kind: str, namespace: str | None, name: str) -> float | None:
+    """One reconciliation of one object; the seconds until it should run again, if ever."""
+    session = kube.client().session(CACHE)
+    fresh = session.get(c.API_VERSION, kind, namespace, name)
+    if fresh is None or fresh["metadata"].get("deletionTimestamp"):
+        _scraped.pop((kind, namespace, name), None)
+        if fresh is not None:
+            _drop_kopf_finalizer(session, fresh)
+        return None
+    _drop_kopf_finalizer(session, fresh)
+    now = datetime.now(timezone.utc)
+    if kind == c.JOB_KIND:
+        if reconcile.expired(fresh, now):
+            session.delete(c.API_VERSION, kind, namespace, name)
+            session.kube.post_event(fresh, "Normal", "Expired",
+                                    "deleted after ttlSecondsAfterFinished")
+            return None
+        key, clock = (kind, namespace, name), time.monotonic()
+        scrape = CFG.scrape_metrics and clock - _scraped.get(key, -1e9) >= \
+            0.9 * CFG.reconcile_interval
+        if scrape:
+            _scraped[key] = clock
+        outcome = reconcile.reconcile_job(session, fresh, CFG, now, scrape=scrape)
+    else:
+        outcome = reconcile.reconcile_server(session, fresh, now)
     for type_, reason, message in outcome.events:
-        # kopf posts events for raw dicts too; its stubs only name kopf.Body
-        kopf.event(fresh, type=type_, reason=reason, message=message)  # type: ignore[arg-type]
-
-
-def _run_body(kind: str, body: kopf.Body, scrape: bool = False) -> None:
-    meta = body["metadata"]
-    _run(kind, meta.get("namespace"), meta["name"], meta["uid"], scrape)
-
-
-def _run_owner(body: kopf.Body) -> None:
-    """A child changed (a Deployment became ready, a trainer Job failed): reconcile its owner
-    now rather than at the next timer tick."""
-    for ref in body["metadata"].get("ownerReferences") or []:
-        if ref.get("controller") and ref.get("apiVersion") == c.API_VERSION:
-            _run(ref["kind"], body["metadata"].get("namespace"), ref["name"], ref["uid"])
-
-
-def _spec_changed(body: kopf.Body) -> bool:
-    """Whether the spec is newer than the status; our own status writes also arrive as watch
-    events, and reconciling on those would only repeat the last reconciliation."""
-    generation = body["metadata"].get("generation")
-    return generation is None or (body.get("status") or {}).get("observedGeneration") != generation
-
-
-@kopf.on.event(*JOBS)
-def job_event(body: kopf.Body, type: str | None, **_: Any) -> None:
-    if type != "DELETED" and _spec_changed(body):
-        _run_body(c.JOB_KIND, body)
-
-
-@kopf.timer(*JOBS, interval=CFG.reconcile_interval, backoff=RETRY_SECONDS)
-def job_timer(body: kopf.Body, **_: Any) -> None:
-    _run_body(c.JOB_KIND, body, scrape=CFG.scrape_metrics)
-
-
-@kopf.on.event(*SERVERS)
-def server_event(body: kopf.Body, type: str | None, **_: Any) -> None:
-    if type == "DELETED":
-        return
-    if _spec_changed(body):
-        _run_body(c.SERVER_KIND, body)
-    _run_owner(body)  # a job waiting for this server's readiness
-
-
-@kopf.timer(*SERVERS, interval=CFG.reconcile_interval, backoff=RETRY_SECONDS)
-def server_timer(body: kopf.Body, **_: Any) -> None:
-    _run_body(c.SERVER_KIND, body)
-
-
-@kopf.on.event("apps", "v1", "deployments", labels=OWNED)
-def deployment_event(body: kopf.Body, **_: Any) -> None:
-    _run_owner(body)
-
-
-@kopf.on.event("batch", "v1", "jobs", labels=OWNED)
-def batch_job_event(body: kopf.Body, **_: Any) -> None:
-    _run_owner(body)
+        session.kube.post_event(fresh, type_, reason, message)
+    if outcome.retry:
+        return RETRY_SECONDS
+    return reconcile.next_visit(fresh, outcome, CFG.reconcile_interval, now) \
+        if kind == c.JOB_KIND else None
 
 
 def validate_job(body: kopf.Body, **kwargs: Any) -> None:
@@ -167,4 +296,5 @@ def validate_job(body: kopf.Body, **kwargs: Any) -> None:
 # kopf refuses to start with admission handlers but no webhook server: register it only
 # when the webhook is configured; otherwise the ImmutableFieldChanged condition is the check.
 if CFG.webhook_port:
-    kopf.on.validate(*JOBS, operations=["CREATE", "UPDATE"])(validate_job)
+    kopf.on.validate(c.GROUP, c.VERSION, c.JOB_PLURAL, id=admission.WEBHOOK_ID,
+                     operations=["CREATE", "UPDATE"])(validate_job)

@@ -80,7 +80,8 @@ def network_policy_name(job: RLAIFJob) -> str:
 
 def reward_server_name(job: RLAIFJob, reward_name: str) -> str:
     """The RewardServer a reward uses: its serverRef, or the one the job owns."""
-    reward = next(r for r in job.spec.rewards if r.name == reward_name)
+    reward = next(r for r in [*job.spec.rewards, *job.spec.evaluators()]
+                  if r.name == reward_name)
     if reward.server_ref is not None:
         return reward.server_ref.name
     return meta.child_name(job.metadata.name, reward.name)
@@ -95,16 +96,18 @@ def master_addr(job: RLAIFJob, attempt: int) -> str:
 # --------------------------------------------------------------------------- config
 
 
-def reward_endpoints(job: RLAIFJob) -> list[RewardEndpoint]:
+def reward_endpoints(job: RLAIFJob, evaluators: bool = False) -> list[RewardEndpoint]:
+    """The training rewards' servers, or (``evaluators``) spec.evaluation's (weight 0)."""
     return [RewardEndpoint(name=r.name, kind=r.kind, weight=r.weight,
                            url=endpoint(reward_server_name(job, r.name), job.metadata.namespace))
-            for r in job.spec.rewards]
+            for r in (job.spec.evaluators() if evaluators else job.spec.rewards)]
 
 
 def trainer_config(job: RLAIFJob) -> TrainerConfig:
     """What ``rlaif train`` reads in the pods; outputs go under the checkpoint volume."""
     return TrainerConfig(job_name=job.metadata.name, namespace=job.metadata.namespace,
-                         spec=job.spec, rewards=reward_endpoints(job), output_dir=OUTPUT_DIR,
+                         spec=job.spec, rewards=reward_endpoints(job),
+                         evaluators=reward_endpoints(job, evaluators=True), output_dir=OUTPUT_DIR,
                          checkpoint_dir=c.CHECKPOINT_DIR,
                          metrics_port=job.spec.trainer.metrics_port)
 
@@ -284,15 +287,18 @@ def reward_storage(job: RLAIFJob, model: str) -> tuple[list[Manifest], list[Mani
 
 
 def build_reward_servers(job: RLAIFJob) -> list[Manifest]:
-    """One RewardServer per reward without serverRef, labelled with the job (NetworkPolicy)."""
+    """One RewardServer per reward and evaluator without serverRef, labelled with the job
+    (NetworkPolicy)."""
     servers = []
-    for r in job.spec.rewards:
+    for r in [*job.spec.rewards, *job.spec.evaluators()]:
         if r.server_ref is not None or r.kind is None or r.model is None:
             continue
         volumes, mounts = reward_storage(job, r.model)
         spec = RewardServerSpec(kind=r.kind, model=r.model, replicas=r.replicas,
+                                autoscaling=r.autoscaling,
                                 resources=r.resources, max_batch=r.max_batch,
                                 max_wait_ms=r.max_wait_ms, label_schema=job.spec.label_schema,
+                                judge=r.judge,
                                 volumes=volumes, volume_mounts=mounts,
                                 pod_template=r.pod_template)
         lbls = {**_labels(job, "reward-server"), "rlaif.dev/reward": r.name}
@@ -306,8 +312,26 @@ def build_reward_servers(job: RLAIFJob) -> list[Manifest]:
     return servers
 
 
-def build_network_policy(job: RLAIFJob) -> Manifest:
-    """Only this job's trainer pods may reach the reward servers the job owns."""
+Scraper = tuple[str, dict[str, str]]
+"""(namespace, pod labels) of the Prometheus that scrapes reward servers' /metrics."""
+
+
+def build_network_policy(job: RLAIFJob, scraper: Scraper | None = None
+                         ) -> Manifest:
+    """Only this job's trainer pods may reach the reward servers the job owns; and, when
+    ``scraper`` is given, the Prometheus pods it names (their autoscaling signal is the
+    servers' /metrics, served on the same and only port)."""
+    port = [{"protocol": "TCP", "port": c.REWARD_PORT}]
+    ingress: list[Manifest] = [{
+        "from": [{"podSelector": {"matchLabels": {
+            c.LABEL_JOB: job.metadata.name, c.LABEL_COMPONENT: TRAINER}}}],
+        "ports": port,
+    }]
+    if scraper is not None:
+        namespace, pod_labels = scraper
+        ingress.append({"from": [{
+            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}},
+            "podSelector": {"matchLabels": pod_labels}}], "ports": port})
     return {
         "apiVersion": "networking.k8s.io/v1",
         "kind": "NetworkPolicy",
@@ -317,11 +341,7 @@ def build_network_policy(job: RLAIFJob) -> Manifest:
             "podSelector": {"matchLabels": {c.LABEL_JOB: job.metadata.name,
                                             c.LABEL_COMPONENT: "reward-server"}},
             "policyTypes": ["Ingress"],
-            "ingress": [{
-                "from": [{"podSelector": {"matchLabels": {
-                    c.LABEL_JOB: job.metadata.name, c.LABEL_COMPONENT: TRAINER}}}],
-                "ports": [{"protocol": "TCP", "port": c.REWARD_PORT}],
-            }],
+            "ingress": ingress,
         },
     }
 

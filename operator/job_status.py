@@ -242,3 +242,21 @@ def plan(status: dict[str, Any], obs: Observed, limits: Limits, now: datetime) -
                                      f"{limits.start_timeout} s: {message}")
     b.set(c.COND_RUNNING, False, reason, message)
     return waiting("Starting", reason, message)
+
+
+HACKING_REASONS = {"minimum": "HeldOutBelowMinimum", "divergence": "HeldOutDiverged"}
+
+
+def reward_hacking(conditions: list[dict[str, Any]], findings: list[dict[str, str]],
+                   now: datetime) -> list[dict[str, Any]]:
+    """The RewardHacking condition from the guard rules rank 0 reports broken (each with
+    metric, rule and message): True with the figures while any is, False once none is."""
+    if findings:
+        first = findings[0]
+        return cond.set_condition(conditions, c.COND_REWARD_HACKING, True,
+                                  HACKING_REASONS.get(first.get("rule", ""), "RewardHacking"),
+                                  "; ".join(f.get("message", "") for f in findings), now)
+    if cond.find(conditions, c.COND_REWARD_HACKING) is None:
+        return conditions
+    return cond.set_condition(conditions, c.COND_REWARD_HACKING, False, "HeldOutHealthy",
+                              "no guard rule is broken at the last held-out evaluation", now)

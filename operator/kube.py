@@ -8,8 +8,11 @@ here on the client side, so results are right even from servers that ignore them
 from __future__ import annotations
 
 import json
+import logging
 import threading
-from typing import Any
+from collections.abc import Iterator
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlencode
 
 import kubernetes
@@ -18,6 +21,10 @@ from rlaif import __version__
 from rlaif import constants as c
 from rlaif.operator.telemetry import API_CALLS
 
+if TYPE_CHECKING:
+    from rlaif.operator.informer import Cache
+
+LOG = logging.getLogger(__name__)
 Manifest = dict[str, Any]
 Manifests = list[Manifest]
 USER_AGENT = f"rlaif-operator/{__version__}"
@@ -31,6 +38,7 @@ PLURALS = {
     ("apps/v1", "Deployment"): "deployments",
     ("networking.k8s.io/v1", "NetworkPolicy"): "networkpolicies",
     ("policy/v1", "PodDisruptionBudget"): "poddisruptionbudgets",
+    ("autoscaling/v2", "HorizontalPodAutoscaler"): "horizontalpodautoscalers",
     ("scheduling.volcano.sh/v1beta1", "PodGroup"): "podgroups",
     ("scheduling.x-k8s.io/v1alpha1", "PodGroup"): "podgroups",
     ("coordination.k8s.io/v1", "Lease"): "leases",
@@ -40,15 +48,23 @@ PLURALS = {
 
 
 class ApiError(RuntimeError):
-    """An API call that failed; ``status`` is the HTTP status."""
+    """An API call that failed; ``status`` is the HTTP status, ``reason`` the Status object's
+    reason (Forbidden, Invalid, ...), ``detail`` its message and ``fields`` the fields its
+    causes name (a 422 says which field the API server refused)."""
 
     def __init__(self, status: int, method: str, path: str, body: str):
-        self.status = status
+        self.status, self.method, self.path = status, method, path
         try:
-            detail = json.loads(body).get("message") or body
-        except (ValueError, AttributeError):
-            detail = body
-        super().__init__(f"{method} {path}: HTTP {status}: {detail}")
+            parsed = json.loads(body)
+        except ValueError:
+            parsed = None
+        parsed = parsed if isinstance(parsed, dict) else {}
+        self.reason: str = parsed.get("reason") or ""
+        self.detail: str = parsed.get("message") or body
+        causes = (parsed.get("details") or {}).get("causes") or []
+        self.fields = [str(cause["field"]) for cause in causes
+                       if isinstance(cause, dict) and cause.get("field")]
+        super().__init__(f"{method} {path}: HTTP {status}: {self.detail}")
 
 
 class OwnershipConflict(RuntimeError):
@@ -115,6 +131,24 @@ class Kube:
             raise ApiError(resp.status, method, url, raw.decode(errors="replace"))
         return json.loads(raw) if raw else {}
 
+    def stream(self, url: str, timeout: float) -> Iterator[Manifest]:
+        """The events of one watch (``url`` has ``watch=true``), until the server ends it."""
+        self.requests += 1
+        API_CALLS.inc()
+        _, full, headers, _, _ = self.api.param_serialize(
+            "GET", url, header_params={"Accept": "application/json"},
+            auth_settings=["BearerToken"])
+        resp = self.api.call_api("GET", full, header_params=headers,
+                                 _request_timeout=(10, timeout))
+        try:
+            if resp.status >= 400:
+                raise ApiError(resp.status, "GET", url, resp.read().decode(errors="replace"))
+            for line in resp.response:
+                if line.strip():
+                    yield json.loads(line)
+        finally:
+            resp.response.release_conn()
+
     def get(self, api_version: str, kind: str, namespace: str | None, name: str
             ) -> Manifest | None:
         return self.request("GET", path(api_version, kind, namespace, name))
@@ -131,6 +165,27 @@ class Kube:
         found = self.request("GET", f"{path('v1', 'Event', namespace)}?{query}") or {}
         return [e for e in found.get("items") or []
                 if (e.get("involvedObject") or {}).get("name") == name]
+
+    def post_event(self, about: Manifest, type_: str, reason: str, message: str) -> None:
+        """A core/v1 Event about ``about`` (what ``kubectl describe`` shows). Best effort: a
+        refused Event is logged, never a reason to fail the reconciliation that reports it."""
+        meta = about["metadata"]
+        now = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        event = {
+            "apiVersion": "v1", "kind": "Event",
+            "metadata": {"generateName": f"{meta['name']}.", "namespace": meta.get("namespace")},
+            "involvedObject": {"apiVersion": about["apiVersion"], "kind": about["kind"],
+                               "name": meta["name"], "namespace": meta.get("namespace"),
+                               "uid": meta.get("uid")},
+            "type": type_, "reason": reason, "message": message[:1024],
+            "source": {"component": c.PART_OF}, "reportingComponent": c.PART_OF,
+            "firstTimestamp": now, "lastTimestamp": now, "count": 1,
+        }
+        try:
+            self.request("POST", path("v1", "Event", meta.get("namespace")), event)
+        except ApiError as exc:
+            LOG.warning("could not post the %s Event about %s/%s: %s", reason,
+                        meta.get("namespace"), meta["name"], exc)
 
     def create(self, body: Manifest) -> Manifest:
         """Create ``body``; if another writer created it first, the stored object."""
@@ -150,8 +205,8 @@ class Kube:
         existing = self.get(body["apiVersion"], body["kind"], meta.get("namespace"), meta["name"])
         return existing if existing is not None else self.create(body)
 
-    def session(self) -> Session:
-        return Session(self)
+    def session(self, cache: Cache | None = None) -> Session:
+        return Session(self, cache)
 
     def patch(self, api_version: str, kind: str, namespace: str | None, name: str,
               patch: Manifest, subresource: str = "") -> Manifest | None:
@@ -165,26 +220,48 @@ class Kube:
 
 
 class Session:
-    """One reconciliation's view of the API: each object is read at most once, and what this
-    session writes is what it reads back (the steady state costs one GET per child)."""
+    """One reconciliation's view of the API: kinds the informer cache holds are read from
+    memory, others at most once per session; what this session writes is what it reads back
+    (and goes into the cache, so the next reconciliation sees it before the watch does)."""
 
-    def __init__(self, kube: Kube):
-        self.kube = kube
+    def __init__(self, kube: Kube, cache: Cache | None = None):
+        self.kube, self.store = kube, cache
         self.cache: dict[str, Manifest | None] = {}
 
     def get(self, api_version: str, kind: str, namespace: str | None, name: str
             ) -> Manifest | None:
         key = path(api_version, kind, namespace, name)
         if key not in self.cache:
-            self.cache[key] = self.kube.get(api_version, kind, namespace, name)
+            informer = self.store.of(api_version, kind) if self.store else None
+            self.cache[key] = informer.get(namespace, name) if informer is not None \
+                else self.kube.get(api_version, kind, namespace, name)
         return self.cache[key]
 
     def list(self, api_version: str, kind: str, namespace: str | None,
-             labels: dict[str, str]) -> list[Manifest]:
+             labels: dict[str, str], fresh: bool = False) -> list[Manifest]:
+        """From the cache, or with ``fresh`` from the API: for a decision that must not rest
+        on a watch that lags another (watches of different kinds are not ordered)."""
+        informer = self.store.of(api_version, kind) if self.store and not fresh else None
+        if informer is not None:
+            return informer.select(namespace, labels)
         return self.kube.list(api_version, kind, namespace, labels)
 
     def events_for(self, namespace: str | None, name: str) -> Manifests:
-        return self.kube.events_for(namespace, name)
+        informer = self.store.of("v1", "Event") if self.store else None
+        if informer is None:
+            return self.kube.events_for(namespace, name)
+        return [e for e in informer.select(namespace, {})
+                if (e.get("involvedObject") or {}).get("name") == name]
+
+    def _remember(self, obj: Manifest | None, api_version: str, kind: str,
+                  namespace: str | None, name: str) -> None:
+        self.cache[path(api_version, kind, namespace, name)] = obj
+        informer = self.store.informers.get((api_version, kind)) if self.store else None
+        if informer is not None:
+            if obj is None:
+                informer.remove(namespace, name)
+            else:
+                informer.put(obj)
 
     def get_owned(self, api_version: str, kind: str, namespace: str | None, name: str,
                   owner: Manifest) -> Manifest | None:
@@ -199,8 +276,8 @@ class Session:
         existing = self.get(body["apiVersion"], body["kind"], meta.get("namespace"), meta["name"])
         if existing is None:  # (a create that lost a race returns the winner's object)
             existing = self.kube.create(body)
-            self.cache[path(body["apiVersion"], body["kind"], meta.get("namespace"),
-                            meta["name"])] = existing
+            self._remember(existing, body["apiVersion"], body["kind"], meta.get("namespace"),
+                           meta["name"])
         if (ref := controller_of(body)) is not None:
             check_owner(existing, ref["kind"], ref["uid"])
         return existing
@@ -208,13 +285,13 @@ class Session:
     def patch(self, api_version: str, kind: str, namespace: str | None, name: str,
               patch: Manifest, subresource: str = "") -> Manifest | None:
         result = self.kube.patch(api_version, kind, namespace, name, patch, subresource)
-        if not subresource:
-            self.cache[path(api_version, kind, namespace, name)] = result
+        if subresource in ("", "status"):  # the whole object (a scale patch returns a Scale)
+            self._remember(result, api_version, kind, namespace, name)
         return result
 
     def delete(self, api_version: str, kind: str, namespace: str | None, name: str) -> None:
         self.kube.delete(api_version, kind, namespace, name)
-        self.cache[path(api_version, kind, namespace, name)] = None
+        self._remember(None, api_version, kind, namespace, name)
 
 
 _lock = threading.Lock()

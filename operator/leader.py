@@ -43,21 +43,22 @@ class Elector:
         return bool(holder) and holder != self.identity and renewed is not None and \
             now < renewed + timedelta(seconds=duration)
 
-    def _claim(self, lease: Manifest | None, now: datetime) -> None:
+    def _claim(self, lease: Manifest | None, now: datetime) -> Manifest:
+        """The Lease as stored after taking or renewing it (a create that lost the race
+        returns the winner's; a renewal that lost it fails with 409)."""
         spec = {"holderIdentity": self.identity, "leaseDurationSeconds": self.lease_seconds,
                 "renewTime": _micro(now)}
         if lease is None:
-            self.kube.create({"apiVersion": LEASE[0], "kind": LEASE[1], "metadata": {
+            return self.kube.create({"apiVersion": LEASE[0], "kind": LEASE[1], "metadata": {
                 "name": self.name, "namespace": self.namespace},
                 "spec": {**spec, "acquireTime": _micro(now), "leaseTransitions": 0}})
-            return
         old = lease.get("spec") or {}
         if old.get("holderIdentity") != self.identity:  # a takeover
             spec.update(acquireTime=_micro(now),
                         leaseTransitions=int(old.get("leaseTransitions") or 0) + 1)
-        self.kube.patch(*LEASE, self.namespace, self.name, {
+        return self.kube.patch(*LEASE, self.namespace, self.name, {
             "metadata": {"resourceVersion": lease["metadata"].get("resourceVersion")},
-            "spec": spec})
+            "spec": spec}) or {}
 
     def step(self, now: datetime | None = None) -> bool:
         """Acquire or renew once; whether this replica leads now."""
@@ -67,9 +68,8 @@ class Elector:
             if lease is not None and self._held_by_other(lease, now):
                 leads = False
             else:
-                self._claim(lease, now)
-                created = self.kube.get(*LEASE, self.namespace, self.name) or {}
-                leads = (created.get("spec") or {}).get("holderIdentity") == self.identity
+                stored = self._claim(lease, now)
+                leads = (stored.get("spec") or {}).get("holderIdentity") == self.identity
         except ApiError as exc:  # 409: another replica won the race; else retry next step
             log.info("leader election: %s", exc)
             leads = False

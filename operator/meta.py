@@ -223,3 +223,25 @@ def apply_pod_template(template: Manifest, override: PodTemplate | None) -> Mani
         else:
             spec[key] = value
     return {"metadata": out_meta, "spec": spec}
+
+
+def drifted(have: Any, want: Any) -> bool:
+    """Whether the stored ``have`` differs from what the operator sets (``want``), compared
+    as the API server normalises: only the keys of ``want`` count (defaults added by the
+    server are not drift), None means unset, and 1, 1.0 and "1" are equal (quantities and
+    numbers come back in either form)."""
+    if isinstance(want, dict):
+        if have is None:
+            return any(v is not None and v != {} for v in want.values())
+        return not isinstance(have, dict) or any(drifted(have.get(k), v) for k, v in want.items())
+    if isinstance(want, list):
+        return not isinstance(have, list) or len(have) != len(want) or any(
+            drifted(h, w) for h, w in zip(have, want, strict=True))
+    if want is None or have is None or isinstance(want, bool) or isinstance(have, bool):
+        return type(want) is not type(have) or bool(want != have)
+    if isinstance(want, (int, float, str)) and isinstance(have, (int, float, str)):
+        try:
+            return float(want) != float(have)
+        except ValueError:
+            return str(want) != str(have)
+    return bool(want != have)

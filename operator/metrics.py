@@ -29,6 +29,7 @@ def status_from_metrics(text: str) -> dict[str, Any]:
     Per-reward means land in ``metrics`` as ``reward_<name>``."""
     out: dict[str, Any] = {}
     metrics: dict[str, float] = {}
+    evaluation: dict[str, Any] = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             value = float(sample.value)
@@ -46,9 +47,34 @@ def status_from_metrics(text: str) -> dict[str, Any]:
                 metrics[SUMMARY[sample.name]] = value
             elif sample.name == PER_REWARD and "reward" in sample.labels:
                 metrics[f"reward_{sample.labels['reward']}"] = value
+            elif sample.name in EVALUATION or sample.name == HACKING:
+                _evaluation(evaluation, sample.name, sample.labels, value)
     if metrics:
         out["metrics"] = metrics
+    if evaluation.get("step") is not None:
+        out["evaluation"] = evaluation
     return out
+
+
+EVALUATION = {"rlaif_eval_step": "step", "rlaif_eval_score": "score",
+              "rlaif_eval_best_step": "bestStep", "rlaif_eval": "metrics",
+              "rlaif_eval_best": "best"}
+"""The held-out gauges -> status.evaluation fields."""
+HACKING = "rlaif_reward_hacking"
+
+
+def _evaluation(out: dict[str, Any], name: str, labels: dict[str, str], value: float) -> None:
+    """One held-out sample into status.evaluation; a broken guard rule into ``hacking`` (the
+    operator turns it into the RewardHacking condition, not a status field)."""
+    if name == HACKING:
+        if value >= 1:
+            out.setdefault("hacking", []).append(dict(labels))
+    elif name in ("rlaif_eval", "rlaif_eval_best"):
+        out.setdefault(EVALUATION[name], {})[labels.get("metric", "")] = value
+    elif name in ("rlaif_eval_step", "rlaif_eval_best_step"):
+        out[EVALUATION[name]] = int(value)
+    else:
+        out[EVALUATION[name]] = value
 
 
 def scrape(url: str, timeout: float = SCRAPE_TIMEOUT_SECONDS) -> str:

@@ -16,9 +16,23 @@ from rlaif.api.validation import server_rule_errors
 from rlaif.operator import admission, conditions, metrics
 from rlaif.operator import job_builders as jb
 from rlaif.operator import server_builders as sb
-from rlaif.operator.job_status import TERMINAL, Limits, Observed, Plan, RewardState, plan
-from rlaif.operator.kube import OwnershipConflict, Session, controller_of
-from rlaif.operator.meta import KUEUE_QUEUE_LABEL, TEMPLATE_HASH_ANNOTATION, Manifest, owned
+from rlaif.operator.job_status import (
+    TERMINAL,
+    Limits,
+    Observed,
+    Plan,
+    RewardState,
+    plan,
+    reward_hacking,
+)
+from rlaif.operator.kube import ApiError, OwnershipConflict, Session, controller_of
+from rlaif.operator.meta import (
+    KUEUE_QUEUE_LABEL,
+    TEMPLATE_HASH_ANNOTATION,
+    Manifest,
+    drifted,
+    owned,
+)
 from rlaif.operator.server_status import problem_of, server_status
 from rlaif.operator.settings import OperatorConfig
 from rlaif.operator.workloads import WorkloadState, summarize_job
@@ -28,6 +42,10 @@ INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
 WAITING_REASONS = {"Labeling", "CreatingTrainers", "StartingTrainers", "RewardsNotReady",
                    "Suspended", "Starting", "ScaledToZero", "Restarting", "Queued"}
 """Ready=False reasons that are expected on the way up: Normal events, not Warnings."""
+HPA = ("autoscaling/v2", "HorizontalPodAutoscaler")
+RESUME_ANNOTATION = f"{c.GROUP}/resume-replicas"
+"""On a job-owned RewardServer scaled to 0 for a suspension: the replicas it had (which a
+user or an autoscaler may have set), restored on resume."""
 
 
 @dataclass
@@ -37,6 +55,13 @@ class Outcome:
     status: dict[str, Any] = field(default_factory=dict)
     events: list[tuple[str, str, str]] = field(default_factory=list)
     """(type, reason, message)."""
+    retry: bool = False
+    """The API server refused a child write: try again soon (ChildrenReady says why)."""
+
+
+def _api_error(exc: ApiError) -> tuple[tuple[int, str, str, list[str]], str]:
+    """(error, call) for ``conditions.children_condition``."""
+    return (exc.status, exc.reason, exc.detail, exc.fields), f"{exc.method} {exc.path}"
 
 
 def _ns(body: Manifest) -> str | None:
@@ -72,7 +97,8 @@ def _conflict(kube: Session, body: Manifest, kind: str, exc: OwnershipConflict,
 def _events(old: list[dict[str, Any]], new: list[dict[str, Any]]) -> list[tuple[str, str, str]]:
     out = []
     for cond in conditions.transitions(old, new):
-        bad = (cond["type"] == c.COND_FAILED and cond["status"] == "True") or (
+        bad = (cond["type"] in (c.COND_FAILED, c.COND_REWARD_HACKING)
+               and cond["status"] == "True") or (
             cond["type"] == c.COND_READY and cond["status"] == "False"
             and cond["reason"] not in WAITING_REASONS)
         out.append(("Warning" if bad else "Normal", cond["reason"] or cond["type"],
@@ -113,7 +139,11 @@ def _effective_job(kube: Session, body: Manifest, job: RLAIFJob) -> tuple[RLAIFJ
 
 def _batch_job(kube: Session, ns: str | None, found: Manifest | None) -> WorkloadState | None:
     name = found["metadata"]["name"] if found else ""
-    pods = kube.list("v1", "Pod", ns, {JOB_NAME_LABEL: name}) if found else []
+    # A failed Job's pods are read from the API: the reason (exit 2, a preemption) decides
+    # whether it counts, and the pods' watch may not have caught up with the Job's yet.
+    failed = any(cond.get("type") == "Failed" and cond.get("status") == "True"
+                 for cond in ((found or {}).get("status") or {}).get("conditions") or [])
+    pods = kube.list("v1", "Pod", ns, {JOB_NAME_LABEL: name}, fresh=failed) if found else []
     # No pods of a Job that should have some: ask its Events why (quota, admission).
     starved = found is not None and not pods and not (found.get("spec") or {}).get("suspend") \
         and not (found.get("status") or {}).get("conditions")
@@ -156,22 +186,59 @@ def _sync_config(kube: Session, owner: Manifest, job: RLAIFJob) -> None:
     """Create the ConfigMap, or update it in place (reward weights apply live)."""
     built = owned(jb.build_config_map(job), owner)
     existing = kube.ensure(built)
-    if existing.get("data") != built["data"]:
+    if drifted(existing.get("data"), built["data"]):
         kube.patch("v1", "ConfigMap", job.metadata.namespace, built["metadata"]["name"],
                    {"data": built["data"]})
 
 
-def _sync_rewards(kube: Session, owner: Manifest, job: RLAIFJob) -> None:
-    """Owned RewardServers follow the job's spec (replicas 0 while suspended)."""
-    kube.ensure(owned(jb.build_network_policy(job), owner))
+def _sync_network_policy(kube: Session, owner: Manifest, job: RLAIFJob,
+                         scraper: jb.Scraper | None) -> None:
+    built = owned(jb.build_network_policy(job, scraper), owner)
+    existing = kube.ensure(built)
+    if drifted(existing.get("spec"), built["spec"]):
+        kube.patch("networking.k8s.io/v1", "NetworkPolicy", job.metadata.namespace,
+                   built["metadata"]["name"], {"spec": built["spec"]})
+
+
+def server_spec_patch(current: Manifest, built: Manifest) -> Manifest | None:
+    """The merge patch that makes an owned RewardServer's spec what the job's reward builds
+    (replicas aside), or None when it already is: a field the reward no longer sets is
+    removed (a merge patch keeps what it does not name)."""
+    want = {k: v for k, v in built.items() if k != "replicas"}
+    gone = {k: None for k in current if k not in want and k != "replicas"}
+    return {**want, **gone} if gone or drifted(current, want) else None
+
+
+def _sync_rewards(kube: Session, owner: Manifest, job: RLAIFJob,
+                  scraper: jb.Scraper | None) -> None:
+    """Owned RewardServers follow the job's spec, except replicas: those are set at creation
+    and then belong to whoever scales the server (``kubectl scale``, an autoscaler). Only a
+    suspension takes them to 0, remembering them for the resume."""
+    _sync_network_policy(kube, owner, job, scraper)
+    stop = job.spec.run_policy.suspend and not job.spec.run_policy.keep_reward_servers
     for server in jb.build_reward_servers(job):
-        if job.spec.run_policy.suspend and not job.spec.run_policy.keep_reward_servers:
-            server["spec"]["replicas"] = 0
-        existing = kube.ensure(owned(server, owner))
+        spec = server["spec"]
+        if stop:
+            server["metadata"].setdefault("annotations", {})[RESUME_ANNOTATION] = \
+                str(spec["replicas"])
+            spec = {**spec, "replicas": 0}
+        existing = kube.ensure(owned({**server, "spec": spec}, owner))
+        name, ns = server["metadata"]["name"], job.metadata.namespace
         current = existing.get("spec") or {}
-        if any(current.get(k) != v for k, v in server["spec"].items()):
-            kube.patch(c.API_VERSION, c.SERVER_KIND, job.metadata.namespace,
-                       server["metadata"]["name"], {"spec": server["spec"]})
+        patch: dict[str, Any] = {}
+        if (fields := server_spec_patch(current, spec)) is not None:
+            patch["spec"] = fields
+        saved = (existing["metadata"].get("annotations") or {}).get(RESUME_ANNOTATION)
+        replicas = int(current.get("replicas") or 0)
+        if stop and replicas != 0:
+            patch.setdefault("spec", {})["replicas"] = 0
+            patch["metadata"] = {"annotations": {RESUME_ANNOTATION: str(replicas)}}
+        elif not stop and saved is not None:
+            patch.setdefault("spec", {})["replicas"] = int(saved) if saved.isdigit() \
+                else spec["replicas"]
+            patch["metadata"] = {"annotations": {RESUME_ANNOTATION: None}}
+        if patch:
+            kube.patch(c.API_VERSION, c.SERVER_KIND, ns, name, patch)
 
 
 def _sync_trainer(kube: Session, owner: Manifest, job: RLAIFJob, p: Plan,
@@ -279,19 +346,30 @@ def _reconcile_valid(kube: Session, body: Manifest, parsed: RLAIFJob, status: di
         attempt=attempt, queued=KUEUE_QUEUE_LABEL in job.metadata.labels)
     p = plan(status, obs, _limits(job, cfg), now)
 
-    if p.labeling or p.rewards or p.trainer:
-        _sync_config(kube, body, job)
-    if p.labeling:
-        kube.ensure(owned(jb.build_labeling_job(job), body))  # type: ignore[arg-type]
-    if p.rewards:
-        _sync_rewards(kube, body, job)
-    if p.trainer:
-        _sync_trainer(kube, body, job, p, gangs, status, now, cfg.start_timeout)
-    if p.stop_trainer and obs.trainer is not None and (
-            not obs.trainer.failed or p.phase == "Suspended"):
-        kube.delete("batch/v1", "Job", ns, jb.trainer_job_name(job, attempt))
+    refused_write: ApiError | None = None
+    try:
+        if p.labeling or p.rewards or p.trainer:
+            _sync_config(kube, body, job)
+        if p.labeling:
+            kube.ensure(owned(jb.build_labeling_job(job), body))  # type: ignore[arg-type]
+        if p.rewards:
+            _sync_rewards(kube, body, job, cfg.scraper())
+        if p.trainer:
+            _sync_trainer(kube, body, job, p, gangs, status, now, cfg.start_timeout)
+        if p.stop_trainer and obs.trainer is not None and (
+                not obs.trainer.failed or p.phase == "Suspended"):
+            kube.delete("batch/v1", "Job", ns, jb.trainer_job_name(job, attempt))
+    except ApiError as exc:  # quota, RBAC, admission, a refused field: said in status
+        refused_write = exc
 
     conds = p.conditions
+    if p.labeling or p.rewards or p.trainer or refused_write is not None:
+        error, call = _api_error(refused_write) if refused_write else (None, "")
+        conds = conditions.children_condition(conds, error, call, now)
+        if refused_write is not None:  # the summary says it too (kubectl get rj -o wide)
+            failed = conditions.find(conds, conditions.CHILDREN_READY) or {}
+            conds = conditions.set_condition(conds, c.COND_READY, False, failed["reason"],
+                                             failed["message"], now)
     if refused:
         conds = conditions.set_condition(conds, c.COND_READY, False, "ImmutableFieldChanged",
                                          "; ".join(refused), now)
@@ -312,6 +390,8 @@ def _reconcile_valid(kube: Session, body: Manifest, parsed: RLAIFJob, status: di
             prev = status.get("lastCheckpoint") or {}
             same = prev.get("step") == ckpt["step"]
             ckpt["time"] = prev.get("time") if same else conditions.now_iso(now)
+        if (evaluation := new.get("evaluation")) is not None:
+            conds = new["conditions"] = reward_hacking(conds, evaluation.pop("hacking", []), now)
     _write_status(kube, body, c.JOB_KIND, new)
     events = _events(status.get("conditions") or [], conds)
     if "failedAttempt" in p.status:
@@ -320,7 +400,25 @@ def _reconcile_valid(kube: Session, body: Manifest, parsed: RLAIFJob, status: di
             "after a disruption, not counted against backoffLimit"
         events.append(("Warning", "GangRestart", f"trainer gang attempt {attempt} failed "
                        f"({obs.trainer.reason if obs.trainer else ''}): {counted}"))
-    return Outcome(new, events)
+    return Outcome(new, events, retry=refused_write is not None)
+
+
+def next_visit(body: Manifest, outcome: Outcome, interval: float, now: datetime
+               ) -> float | None:
+    """Seconds until a job must be reconciled again with nothing changing around it: every
+    ``interval`` until it finishes (timeouts, backoff, metrics), then once when its
+    ttlSecondsAfterFinished runs out; None when only a change can matter. A job that has
+    just finished comes back at once, to release its reward servers."""
+    status = {**(body.get("status") or {}), **outcome.status}
+    if status.get("phase") not in TERMINAL:
+        return interval
+    if (body.get("status") or {}).get("phase") not in TERMINAL:
+        return 0.0
+    ttl = ((body.get("spec") or {}).get("runPolicy") or {}).get("ttlSecondsAfterFinished")
+    done = conditions.parse_time(status.get("completionTime"))
+    if ttl is None or done is None:
+        return None
+    return max(1.0, ttl - (now - done).total_seconds())
 
 
 def expired(body: Manifest, now: datetime) -> bool:
@@ -335,14 +433,20 @@ def expired(body: Manifest, now: datetime) -> bool:
 # --------------------------------------------------------------------------- RewardServer
 
 
-def _template_drift(existing: Manifest, built: Manifest) -> bool:
-    """Whether what we set differs (the API server adds defaults we must not fight, so the
-    pod template is compared by the hash of what we built)."""
-    if (existing.get("spec") or {}).get("replicas") != built["spec"]["replicas"]:
-        return True
+def deployment_patch(existing: Manifest, built: Manifest) -> Manifest | None:
+    """The patch that makes a reward Deployment match what we built, or None when nothing we
+    set differs: the pod template by the hash of what we built (the API server adds defaults
+    we must not fight), the rest as normalised values. Replicas follow the RewardServer's
+    spec.replicas, which is where ``kubectl scale`` and an autoscaler write."""
+    have_spec, want_spec = existing.get("spec") or {}, built["spec"]
     key = TEMPLATE_HASH_ANNOTATION
-    have = (existing["metadata"].get("annotations") or {}).get(key)
-    return have != built["metadata"]["annotations"][key]
+    hashed = (existing["metadata"].get("annotations") or {}).get(key) == \
+        built["metadata"]["annotations"][key]
+    rest = {k: v for k, v in want_spec.items() if k != "template"}
+    if hashed and not drifted(have_spec, rest):
+        return None
+    return {"metadata": {"annotations": built["metadata"]["annotations"]},
+            "spec": rest if hashed else want_spec}
 
 
 def reconcile_server(kube: Session, body: Manifest, now: datetime) -> Outcome:
@@ -367,24 +471,45 @@ def reconcile_server(kube: Session, body: Manifest, now: datetime) -> Outcome:
 
 def _reconcile_server_children(kube: Session, body: Manifest, server: RewardServer,
                                old: dict[str, Any], now: datetime) -> Outcome:
+    ns = server.metadata.namespace
+    try:
+        deployment = _sync_server_children(kube, body, server)
+    except ApiError as exc:  # quota, RBAC, admission, a refused field: said in status
+        error, call = _api_error(exc)
+        conds = conditions.children_condition(list(old.get("conditions") or []), error, call,
+                                              now)
+        new = {"conditions": conds}
+        _write_status(kube, body, c.SERVER_KIND, new)
+        return Outcome(new, _events(old.get("conditions") or [], conds), retry=True)
+    pods = kube.list("v1", "Pod", ns, sb.server_selector(server))
+    new = server_status(server, deployment, pods, old, now)
+    new["conditions"] = conditions.children_condition(new["conditions"], None, "", now)
+    if (generation := body["metadata"].get("generation")) is not None:
+        new["observedGeneration"] = generation
+    _write_status(kube, body, c.SERVER_KIND, new)
+    return Outcome(new, _events(old.get("conditions") or [], new["conditions"]))
+
+
+def _sync_server_children(kube: Session, body: Manifest, server: RewardServer) -> Manifest:
+    """The server's Deployment (returned), Service, PDB and label-schema ConfigMap."""
     ns, name = server.metadata.namespace, server.metadata.name
     if (labels_cm := sb.build_label_config(server)) is not None:
         kube.ensure(owned(labels_cm, body))
     built = owned(sb.build_deployment(server), body)
     deployment = kube.ensure(built)
-    if _template_drift(deployment, built):
-        deployment = kube.patch("apps/v1", "Deployment", ns, name, {
-            "metadata": {"annotations": built["metadata"]["annotations"]},
-            "spec": built["spec"]}) or deployment
+    if (patch := deployment_patch(deployment, built)) is not None:
+        deployment = kube.patch("apps/v1", "Deployment", ns, name, patch) or deployment
     kube.ensure(owned(sb.build_service(server), body))
     pdb = sb.build_pdb(server)
     if pdb is not None:
         kube.ensure(owned(pdb, body))
     elif kube.get_owned("policy/v1", "PodDisruptionBudget", ns, name, body) is not None:
         kube.delete("policy/v1", "PodDisruptionBudget", ns, name)
-    pods = kube.list("v1", "Pod", ns, sb.server_selector(server))
-    new = server_status(server, deployment, pods, old, now)
-    if (generation := body["metadata"].get("generation")) is not None:
-        new["observedGeneration"] = generation
-    _write_status(kube, body, c.SERVER_KIND, new)
-    return Outcome(new, _events(old.get("conditions") or [], new["conditions"]))
+    hpa = sb.build_hpa(server)
+    if hpa is not None:
+        existing = kube.ensure(owned(hpa, body))
+        if drifted(existing.get("spec"), hpa["spec"]):
+            kube.patch(HPA[0], HPA[1], ns, name, {"spec": hpa["spec"]})
+    elif kube.get_owned(*HPA, ns, name, body) is not None:
+        kube.delete(*HPA, ns, name)
+    return deployment

@@ -1,4 +1,5 @@
-"""RewardServer -> Deployment, ClusterIP Service and (replicas > 1) PodDisruptionBudget.
+"""RewardServer -> Deployment, headless Service, (replicas > 1) PodDisruptionBudget and
+(spec.autoscaling) HorizontalPodAutoscaler.
 
 Pure functions from a validated RewardServer to child manifests; no API calls.
 """
@@ -48,6 +49,8 @@ def serve_args(server: RewardServer) -> list[str]:
             "--max-wait-ms", str(spec.max_wait_ms)]
     if uses_label_schema(server):
         args += ["--label-schema", f"{c.CONFIG_DIR}/{LABELS_FILE}"]
+    if spec.judge is not None:
+        args += spec.judge.serve_args()
     return args
 
 
@@ -87,7 +90,7 @@ def build_deployment(server: RewardServer, replicas: int | None = None) -> Manif
         mounts.append({"name": LABELS_VOLUME, "mountPath": c.CONFIG_DIR, "readOnly": True})
         volumes.append({"name": LABELS_VOLUME, "configMap": {"name": name}})
     box = meta.container("server", spec.image, serve_args(server), resources=spec.resources,
-                         mounts=mounts)
+                         env=spec.judge.env() if spec.judge else None, mounts=mounts)
     box["ports"] = [{"name": "http", "containerPort": c.REWARD_PORT, "protocol": "TCP"}]
     box["readinessProbe"] = _probe("/readyz", 5, 3)
     box["livenessProbe"] = _probe("/healthz", 10, 6)
@@ -118,9 +121,9 @@ def build_service(server: RewardServer) -> Manifest:
         "kind": "Service",
         "metadata": meta.metadata(server.metadata.name, server.metadata.namespace,
                                   server_labels(server)),
-        "spec": {
-            "type": "ClusterIP",
-            "selector": server_selector(server),
+        "spec": {  # headless: the name resolves to each ready pod, and the reward client
+            "clusterIP": "None",  # balances requests over them (kube-proxy would balance
+            "selector": server_selector(server),  # connections only)
             "ports": [{"name": "http", "port": c.REWARD_PORT, "targetPort": "http",
                        "protocol": "TCP"}],
         },
@@ -137,4 +140,31 @@ def build_pdb(server: RewardServer) -> Manifest | None:
         "metadata": meta.metadata(server.metadata.name, server.metadata.namespace,
                                   server_labels(server)),
         "spec": {"maxUnavailable": 1, "selector": {"matchLabels": server_selector(server)}},
+    }
+
+
+def build_hpa(server: RewardServer) -> Manifest | None:
+    """An autoscaling/v2 HPA that scales the RewardServer through its scale subresource (the
+    Deployment follows spec.replicas, so the operator and the HPA never disagree), on the
+    per-pod average of a Pods metric (prometheus-adapter or KEDA serve it from /metrics).
+    None without spec.autoscaling, or when an external autoscaler owns the replicas."""
+    scaling = server.spec.autoscaling
+    if scaling is None or scaling.external:
+        return None
+    metric = scaling.hpa_metric
+    return {
+        "apiVersion": "autoscaling/v2",
+        "kind": "HorizontalPodAutoscaler",
+        "metadata": meta.metadata(server.metadata.name, server.metadata.namespace,
+                                  server_labels(server)),
+        "spec": {
+            "scaleTargetRef": {"apiVersion": c.API_VERSION, "kind": c.SERVER_KIND,
+                               "name": server.metadata.name},
+            "minReplicas": scaling.hpa_min_replicas,
+            "maxReplicas": scaling.max_replicas,
+            "metrics": [{"type": "Pods", "pods": {
+                "metric": {"name": metric.name},
+                "target": {"type": "AverageValue", "averageValue": metric.target_average_value},
+            }}],
+        },
     }

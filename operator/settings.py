@@ -11,7 +11,11 @@ class OperatorConfig:
     """Each field maps to the environment variable ``RLAIF_<FIELD>`` (upper case)."""
 
     reconcile_interval: float = 30.0
-    """Seconds between reconciliations of each job and server (children, status, metrics)."""
+    """Seconds between visits of each unfinished job (timeouts, metrics); changes to jobs,
+    servers and their children are acted on at once through the watches."""
+    resync_interval: float = 600.0
+    """Seconds between full resyncs of every job and server from the informer cache (changes
+    to them or their children trigger a reconciliation at once; this only catches up)."""
     start_timeout: int = 1800
     """Seconds trainer pods may stay unscheduled or unable to start before the job fails."""
     restart_backoff: float = 10.0
@@ -33,12 +37,31 @@ class OperatorConfig:
     """Port of the operator's own Prometheus metrics (reconciliations, API calls); 0 = off."""
     webhook_port: int = 0
     """Port of kopf's validating admission webhook; 0 leaves it off (a condition is the
-    fallback for immutable-field changes)."""
-    webhook_host: str = ""
-    """Host name clients reach the webhook at (the operator's Service DNS name)."""
+    fallback for immutable-field changes). The chart owns the ValidatingWebhookConfiguration:
+    the operator only serves the webhook and never registers one."""
     webhook_cert_dir: str = "/etc/rlaif/webhook"
     """Folder with the webhook's tls.crt, tls.key and optionally ca.crt (cert-manager's
     layout); kopf's self-signed alternative needs oscrypto, which fails on OpenSSL 3."""
+    cluster_scanning: bool = True
+    """Let kopf watch CRDs and namespaces cluster-wide; off in a namespaced install, whose
+    Roles grant nothing cluster-wide."""
+    prometheus_namespace: str = ""
+    """Namespace of the Prometheus allowed through each job's NetworkPolicy to its reward
+    servers' /metrics; empty adds no such rule."""
+    prometheus_pod_labels: str = ""
+    """Labels of those Prometheus pods, ``key=value,key=value`` (empty: any pod there)."""
+
+    def scraper(self) -> tuple[str, dict[str, str]] | None:
+        """(namespace, pod labels) of the Prometheus let through to reward /metrics, or None."""
+        if not self.prometheus_namespace:
+            return None
+        labels = {}
+        for pair in filter(None, (p.strip() for p in self.prometheus_pod_labels.split(","))):
+            key, sep, value = pair.partition("=")
+            if not sep or not key:
+                raise ValueError(f"RLAIF_PROMETHEUS_POD_LABELS: {pair!r} is not key=value")
+            labels[key.strip()] = value.strip()
+        return self.prometheus_namespace, labels
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> OperatorConfig:

@@ -14,18 +14,21 @@ from datetime import datetime, timezone
 from functools import partial
 from typing import Any
 
+import kmock
 import pytest
 import yaml
 
-from benchmarks.operator_emulator import EmulatedCluster, wait_for
+from benchmarks.operator_emulator import Call, EmulatedCluster, wait_for
 from rlaif import constants as c
 from rlaif.operator import admission, reconcile
 from rlaif.operator.kube import Kube
 from rlaif.operator.reconcile import INDEX_ANNOTATION, JOB_NAME_LABEL
 from tests.conftest import EXAMPLES, REPO
+from tests.integration import rbac
 
 RJ = (c.API_VERSION, c.JOB_KIND)
 RS = (c.API_VERSION, c.SERVER_KIND)
+HPA = ("autoscaling/v2", "HorizontalPodAutoscaler")
 METRICS = """\
 # TYPE rlaif_step gauge
 rlaif_step 12
@@ -39,7 +42,21 @@ rlaif_last_checkpoint_step 10
 rlaif_kl 0.003
 # TYPE rlaif_reward_mean_by_name gauge
 rlaif_reward_mean_by_name{reward="intelligibility"} 0.75
-"""
+# TYPE rlaif_eval_step gauge
+rlaif_eval_step 8
+# TYPE rlaif_eval_score gauge
+rlaif_eval_score 0.61
+# TYPE rlaif_eval_best_step gauge
+rlaif_eval_best_step 8
+# TYPE rlaif_eval gauge
+rlaif_eval{metric="reward"} 0.61
+rlaif_eval{metric="intelligibility"} 0.4
+# TYPE rlaif_eval_best gauge
+rlaif_eval_best{metric="reward"} 0.61
+rlaif_eval_best{metric="intelligibility"} 0.8
+# TYPE rlaif_reward_hacking gauge
+""" + ('rlaif_reward_hacking{metric="intelligibility",rule="minimum",'
+       'message="held-out intelligibility 0.400 at step 8 is below its minimum 0.500"} 1\n')
 
 
 @pytest.fixture(scope="module")
@@ -134,12 +151,18 @@ def make_servers_ready(kube: Kube, ns: str, names: list[str]) -> None:
                    {"status": {"replicas": n, "readyReplicas": n}}, "status")
 
 
+def pod_labels(kube: Kube, ns: str, job_name: str) -> dict[str, str]:
+    """The labels the Job controller gives a batch Job's pods: its template's and its name."""
+    job = existing(kube, "batch/v1", "Job", ns, job_name)
+    return {**job["spec"]["template"]["metadata"]["labels"], JOB_NAME_LABEL: job_name}
+
+
 def run_trainer_pods(kube: Kube, ns: str, job_name: str, nodes: int = 1) -> None:
     """Play the Job controller and kubelet: the gang's pods run, rank 0 on loopback."""
     for i in range(nodes):
         kube.ensure({"apiVersion": "v1", "kind": "Pod", "metadata": {
-            "name": f"{job_name}-{i}", "namespace": ns,
-            "labels": {JOB_NAME_LABEL: job_name}, "annotations": {INDEX_ANNOTATION: str(i)}},
+            "name": f"{job_name}-{i}", "namespace": ns, "labels": pod_labels(kube, ns, job_name),
+            "annotations": {INDEX_ANNOTATION: str(i)}},
             "spec": {"containers": [{"name": "trainer", "image": "x"}]},
             "status": {"phase": "Running", "podIP": "127.0.0.1", "containerStatuses": [
                 {"name": "trainer", "ready": True, "state": {"running": {}}}]}})
@@ -230,6 +253,17 @@ def test_job_runs_through_starting_running_restart_succeeded(
                   what="scraped metrics")
     assert st["phase"] == "Running" and st["totalSteps"] == 30 and st["startTime"]
     assert st["metrics"] == {"reward": 0.625, "kl": 0.003, "reward_intelligibility": 0.75}
+    # the held-out evaluation (kubectl get rj -o wide: Held-Out) and the guard's finding
+    assert st["evaluation"] == {"step": 8, "score": 0.61, "bestStep": 8,
+                                "metrics": {"reward": 0.61, "intelligibility": 0.4},
+                                "best": {"reward": 0.61, "intelligibility": 0.8}}
+    hacking = condition(st, c.COND_REWARD_HACKING)
+    assert hacking["status"] == "True" and hacking["reason"] == "HeldOutBelowMinimum"
+    assert "intelligibility 0.400 at step 8 is below its minimum 0.500" in hacking["message"]
+    wide = cluster.kubectl("get", "rj", "quickstart", "-n", ns, "-o", "wide").stdout
+    assert "HELD-OUT" in wide and "0.61" in wide
+    wait_for(lambda: any(e["reason"] == "HeldOutBelowMinimum" and e["type"] == "Warning"
+                         for e in events(kube, ns)), what="a RewardHacking Event")
     assert st["lastCheckpoint"]["path"] == f"{c.CHECKPOINT_DIR}/step-00000010"
     assert st["lastCheckpoint"]["time"]
     assert condition(st, c.COND_READY)["status"] == "True"
@@ -290,7 +324,7 @@ def test_unschedulable_trainers_surface_in_status(cluster: EmulatedCluster, kube
     wait_for(lambda: kube.get("batch/v1", "Job", ns, "quickstart-trainer-0"), what="trainer")
     kube.ensure({"apiVersion": "v1", "kind": "Pod", "metadata": {
         "name": "quickstart-trainer-0-0", "namespace": ns,
-        "labels": {JOB_NAME_LABEL: "quickstart-trainer-0"}},
+        "labels": pod_labels(kube, ns, "quickstart-trainer-0")},
         "spec": {"containers": [{"name": "trainer", "image": "x"}]},
         "status": {"phase": "Pending", "conditions": [{
             "type": "PodScheduled", "status": "False", "reason": "Unschedulable",
@@ -339,6 +373,142 @@ def test_scaling_a_reward_server_updates_its_deployment(cluster: EmulatedCluster
              what="PDB removed at one replica")
 
 
+def reconciled(kube: Kube, kind: tuple[str, str], ns: str, name: str) -> None:
+    """Wait until the operator has reconciled the object's current spec (its status carries
+    the generation it last acted on): a whole pass ran after the last change."""
+    obj = existing(kube, *kind, ns, name)
+    generation = obj["metadata"]["generation"]
+    wait_for(lambda: (existing(kube, *kind, ns, name).get("status") or {}).get(
+        "observedGeneration") == generation, what=f"{name} generation {generation} reconciled")
+
+
+def reconcile_job_again(kube: Kube, ns: str, name: str, weight: float) -> None:
+    """Change the first reward's weight (applied live) and wait until the job has acted on it:
+    one whole reconciliation of the job and its children, proven rather than slept for."""
+    rewards = job(kube, ns, name)["spec"]["rewards"]
+    rewards[0]["weight"] = weight
+    kube.patch(*RJ, ns, name, {"spec": {"rewards": rewards}})
+    reconciled(kube, RJ, ns, name)
+    assert f"weight: {weight}" in existing(kube, "v1", "ConfigMap", ns,
+                                           f"{name}-config")["data"]["trainer.yaml"]
+
+
+def test_kubectl_scale_of_a_job_owned_reward_server_sticks(cluster: EmulatedCluster,
+                                                           kube: Kube) -> None:
+    """Replicas of a job's own reward server are set at creation and then belong to whoever
+    scales it: three later reconciliations of the job leave them where kubectl put them."""
+    ns, server = "scale-owned", "quickstart-intelligibility"
+    apply(cluster, ns, "quickstart-cpu.yaml")
+    wait_for(has_replicas(kube, ns, server, 1), what="the job's reward Deployment")
+    cluster.kubectl("scale", "-n", ns, f"rewardserver/{server}", "--replicas=3")
+    wait_for(has_replicas(kube, ns, server, 3), what="its Deployment scaled to 3")
+    for weight in (0.4, 0.6, 0.7):
+        reconcile_job_again(kube, ns, "quickstart", weight)
+        assert existing(kube, *RS, ns, server)["spec"]["replicas"] == 3
+        assert existing(kube, "apps/v1", "Deployment", ns, server)["spec"]["replicas"] == 3
+
+
+def test_an_autoscaled_reward_server_gets_an_hpa_that_owns_its_replicas(
+        cluster: EmulatedCluster, kube: Kube) -> None:
+    ns, server = "autoscaled", "quickstart-intelligibility"
+
+    def autoscale(doc: dict[str, Any]) -> None:
+        doc["spec"]["rewards"][0]["autoscaling"] = {"minReplicas": 1, "maxReplicas": 4}
+
+    apply(cluster, ns, "quickstart-cpu.yaml", autoscale)
+    hpa = wait_for(lambda: kube.get("autoscaling/v2", "HorizontalPodAutoscaler", ns, server),
+                   what="the HPA")
+    assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": c.API_VERSION,
+                                             "kind": c.SERVER_KIND, "name": server}
+    assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (1, 4)
+    assert owner_uid(hpa) == existing(kube, *RS, ns, server)["metadata"]["uid"]
+    # What the HPA controller does: write the RewardServer's scale subresource.
+    kube.patch(*RS, ns, server, {"spec": {"replicas": 4}}, "scale")
+    wait_for(has_replicas(kube, ns, server, 4), what="the Deployment following the HPA")
+    for weight in (0.4, 0.6, 0.7):
+        reconcile_job_again(kube, ns, "quickstart", weight)
+        assert existing(kube, *RS, ns, server)["spec"]["replicas"] == 4
+        assert existing(kube, "apps/v1", "Deployment", ns, server)["spec"]["replicas"] == 4
+    # The job's autoscaling changes reach the HPA; without it, the HPA goes.
+    rewards = job(kube, ns, "quickstart")["spec"]["rewards"]
+    rewards[0]["autoscaling"]["maxReplicas"] = 6
+    kube.patch(*RJ, ns, "quickstart", {"spec": {"rewards": rewards}})
+    wait_for(lambda: existing(kube, *HPA, ns, server)["spec"]["maxReplicas"] == 6,
+             what="the HPA's new maximum")
+    del rewards[0]["autoscaling"]
+    kube.patch(*RJ, ns, "quickstart", {"spec": {"rewards": rewards}})
+    wait_for(lambda: kube.get(*HPA, ns, server) is None, what="the HPA deleted")
+    assert existing(kube, *RS, ns, server)["spec"]["replicas"] == 4
+
+
+def test_a_changed_child_is_put_back(cluster: EmulatedCluster, kube: Kube) -> None:
+    """A child edited behind the operator's back is restored at once (its watch wakes the
+    parent), and only what the operator sets is compared (no PATCH while nothing differs)."""
+    ns = "tampered"
+    apply(cluster, ns, "quickstart-cpu.yaml")
+    name = "quickstart-rewards"
+    policy = wait_for(partial(kube.get, "networking.k8s.io/v1", "NetworkPolicy", ns, name),
+                      what="the NetworkPolicy")
+    kube.patch("networking.k8s.io/v1", "NetworkPolicy", ns, name,
+               {"spec": {"ingress": [{"from": [{"podSelector": {}}]}]}})
+    wait_for(lambda: existing(kube, "networking.k8s.io/v1", "NetworkPolicy", ns, name)[
+        "spec"]["ingress"] == policy["spec"]["ingress"], what="the NetworkPolicy restored")
+
+
+def test_a_finished_job_is_deleted_after_its_ttl(cluster: EmulatedCluster, kube: Kube) -> None:
+    ns = "ttl"
+    apply(cluster, ns, "quickstart-cpu.yaml",
+          lambda doc: doc["spec"].update(runPolicy={"ttlSecondsAfterFinished": 1}))
+    make_servers_ready(kube, ns, QUICKSTART_SERVERS)
+    wait_for(partial(kube.get, "batch/v1", "Job", ns, "quickstart-trainer-0"), what="trainer")
+    run_trainer_pods(kube, ns, "quickstart-trainer-0")
+    wait_phase(kube, ns, "quickstart", "Running")
+    finish_job(kube, ns, "quickstart-trainer-0")
+    wait_for(lambda: kube.get(*RJ, ns, "quickstart") is None, what="the job deleted")
+    wait_for(lambda: any(e["reason"] == "Expired" for e in events(kube, ns)),
+             what="an Expired Event")
+
+
+def test_refused_child_writes_are_reported_in_children_ready(cluster: EmulatedCluster,
+                                                             kube: Kube) -> None:
+    """What the API server says when it refuses a child (a quota, a 422 naming the field)
+    reaches the parent's status; once it accepts, the children appear and the condition
+    clears."""
+    ns = "refused"
+    emulator = cluster.emulator
+    assert emulator is not None
+    try:
+        emulator.refusals[("create", "deployments", ns)] = kmock.KubernetesError(
+            status=403, reason="Forbidden", message='deployments.apps "dnsmos" is forbidden: '
+            "exceeded quota: gpu, requested: requests.nvidia.com/gpu=1, limited: "
+            "requests.nvidia.com/gpu=0")
+        apply(cluster, ns, "rewardserver-shared.yaml")
+        emulator.refusals[("create", c.SERVER_PLURAL, ns)] = kmock.KubernetesError(
+            status=422, reason="Invalid", message='RewardServer "quickstart-intelligibility" is '
+            "invalid: spec.replicas: Invalid value: 1: must be at most 0",
+            details={"causes": [{"field": "spec.replicas", "reason": "FieldValueInvalid"}]})
+        apply(cluster, ns, "quickstart-cpu.yaml")
+        quota = wait_for(lambda: (r := condition(existing(kube, *RS, ns, "dnsmos").get(
+            "status") or {}, "ChildrenReady")).get("status") == "False" and r,
+            what="the server's ChildrenReady=False")
+        assert quota["reason"] == "QuotaExceeded" and "exceeded quota: gpu" in quota["message"]
+        st = wait_for(lambda: (s := status(kube, ns, "quickstart")) and condition(
+            s, "ChildrenReady").get("reason") == "Invalid" and s, what="the job's reason")
+        refused = condition(st, "ChildrenReady")
+        assert "spec.replicas: Invalid value" in refused["message"]
+        assert "fields: spec.replicas" in refused["message"]
+        assert condition(st, c.COND_READY)["reason"] == "Invalid"
+    finally:
+        emulator.refusals.clear()
+    wait_for(lambda: kube.get("apps/v1", "Deployment", ns, "dnsmos"), what="the Deployment")
+    wait_for(lambda: condition(existing(kube, *RS, ns, "dnsmos").get("status") or {},
+                               "ChildrenReady").get("status") == "True", what="cleared")
+    for name in QUICKSTART_SERVERS:
+        wait_for(partial(kube.get, *RS, ns, name), what=f"RewardServer {name}")
+    wait_for(lambda: condition(status(kube, ns, "quickstart"), "ChildrenReady").get(
+        "status") == "True", what="the job's ChildrenReady=True")
+
+
 def test_suspend_stops_trainers_and_scales_rewards_to_zero(cluster: EmulatedCluster,
                                                             kube: Kube) -> None:
     ns = "suspend"
@@ -375,6 +545,25 @@ def test_delete_leaves_no_finalizer_behind(cluster: EmulatedCluster, kube: Kube)
     # Children go with Kubernetes' garbage collector, through their owner references.
     for name in QUICKSTART_SERVERS:
         assert owner_uid(kube.get(*RS, ns, name))
+
+
+def test_no_finalizers_so_deletes_go_through_while_the_operator_is_down(
+        cluster: EmulatedCluster, kube: Kube) -> None:
+    ns = "operator-down"
+    apply(cluster, ns, "quickstart-cpu.yaml")
+    wait_phase(kube, ns, "quickstart", "Starting")
+    assert not job(kube, ns, "quickstart")["metadata"].get("finalizers")
+    for name in QUICKSTART_SERVERS:
+        assert not existing(kube, *RS, ns, name)["metadata"].get("finalizers")
+    cluster.stop_operator()
+    try:
+        # kubectl waits for the object to be gone; a finalizer nobody removes would hang it.
+        cluster.kubectl("delete", "-n", ns, "rlaifjob/quickstart", "--timeout=20s")
+        cluster.kubectl("delete", "-n", ns, f"rewardserver/{QUICKSTART_SERVERS[0]}",
+                        "--timeout=20s")
+        assert kube.get(*RJ, ns, "quickstart") is None
+    finally:
+        cluster.start_operator(cluster.workdir / "operator-restarted.log")
 
 
 def test_invalid_spec_fails_naming_the_field(cluster: EmulatedCluster, kube: Kube) -> None:
@@ -435,7 +624,7 @@ def test_failed_labeling_fails_the_job_with_the_reason(cluster: EmulatedCluster,
     wait_for(lambda: kube.get("batch/v1", "Job", ns, "rlaif-spa-label"), what="label Job")
     kube.ensure({"apiVersion": "v1", "kind": "Pod", "metadata": {
         "name": "rlaif-spa-label-x", "namespace": ns,
-        "labels": {JOB_NAME_LABEL: "rlaif-spa-label"}},
+        "labels": pod_labels(kube, ns, "rlaif-spa-label")},
         "spec": {"containers": [{"name": "labeler", "image": "x"}]},
         "status": {"phase": "Failed", "containerStatuses": [{"name": "labeler", "state": {
             "terminated": {"exitCode": 2, "message": "rlaif label: OPENAI_API_KEY is not set"}
@@ -534,6 +723,42 @@ def test_foreign_object_with_a_childs_name_is_not_adopted(cluster: EmulatedClust
     cm = wait_for(lambda: (m := kube.get("v1", "ConfigMap", ns, "quickstart-config")) and
                   m.get("metadata", {}).get("ownerReferences") and m, what="own ConfigMap")
     assert owner_uid(cm) == job(kube, ns, "quickstart")["metadata"]["uid"]
+
+
+def _replicas(n: int, autoscale: bool = False) -> Callable[[dict[str, Any]], None]:
+    def edit(doc: dict[str, Any]) -> None:
+        doc["spec"]["replicas"] = n
+        if autoscale:
+            doc["spec"]["autoscaling"] = {"minReplicas": 1, "maxReplicas": 3}
+    return edit
+
+
+@pytest.mark.parametrize("api_version,kind,name,example,edit", [
+    ("v1", "Service", "dnsmos", "rewardserver-shared.yaml", None),
+    ("apps/v1", "Deployment", "dnsmos", "rewardserver-shared.yaml", None),
+    ("policy/v1", "PodDisruptionBudget", "dnsmos", "rewardserver-shared.yaml", _replicas(2)),
+    ("autoscaling/v2", "HorizontalPodAutoscaler", "dnsmos", "rewardserver-shared.yaml",
+     _replicas(1, autoscale=True)),
+    ("networking.k8s.io/v1", "NetworkPolicy", "quickstart-rewards", "quickstart-cpu.yaml", None),
+    (c.API_VERSION, c.SERVER_KIND, "quickstart-alignment", "quickstart-cpu.yaml", None),
+    ("batch/v1", "Job", "quickstart-trainer-0", "quickstart-cpu.yaml", None),
+], ids=lambda v: v if isinstance(v, str) and v[:1].isupper() else None)
+def test_no_child_kind_is_adopted(cluster: EmulatedCluster, kube: Kube, api_version: str,
+                                  kind: str, name: str, example: str, edit: Any) -> None:
+    """Whatever the kind, an object in a child's place that the parent does not control stops
+    its parent with OwnershipConflict and is left as it is."""
+    ns = f"foreign-{kind.lower()}"
+    kube.create({"apiVersion": api_version, "kind": kind,
+                 "metadata": {"name": name, "namespace": ns, "labels": {"owner": "else"}}})
+    doc = apply(cluster, ns, example, edit)
+    parent = (c.API_VERSION, doc["kind"], doc["metadata"]["name"])
+    if kind == "Job":
+        make_servers_ready(kube, ns, QUICKSTART_SERVERS)
+    ready = wait_for(lambda: (r := condition(existing(kube, *parent[:2], ns, parent[2]).get(
+        "status") or {}, c.COND_READY)).get("reason") == "OwnershipConflict" and r,
+        what="OwnershipConflict")
+    assert f"{kind} {ns}/{name} exists" in ready["message"]
+    assert "ownerReferences" not in existing(kube, api_version, kind, ns, name)["metadata"]
 
 
 def disrupt_trainer(kube: Kube, ns: str, job_name: str) -> None:
@@ -646,22 +871,79 @@ def test_kubectl_get_shows_the_jobs(cluster: EmulatedCluster) -> None:
     assert "rlaifjob.rlaif.dev/quickstart" in out.stdout
 
 
+def test_gang_scheduled_jobs_get_their_pod_group(cluster: EmulatedCluster, kube: Kube) -> None:
+    for ns, scheduler, api_version in (("gang-volcano", "volcano", "scheduling.volcano.sh/v1beta1"),
+                                       ("gang-cosched", "coscheduling",
+                                        "scheduling.x-k8s.io/v1alpha1")):
+        apply(cluster, ns, "quickstart-cpu.yaml",
+              lambda doc, s=scheduler: doc["spec"].setdefault("runPolicy", {}).update(
+                  gangScheduling=s))
+        wait_phase(kube, ns, "quickstart", "Starting")
+        make_servers_ready(kube, ns, QUICKSTART_SERVERS)
+        group = wait_for(partial(kube.get, api_version, "PodGroup", ns, "quickstart-trainer"),
+                         what=f"the {scheduler} PodGroup")
+        assert owner_uid(group) == job(kube, ns, "quickstart")["metadata"]["uid"]
 
-def test_every_api_call_the_operator_made_is_granted_by_the_chart(
-        cluster: EmulatedCluster) -> None:
-    """RBAC checked against what the real operator did in this module, not eyeballed."""
-    from tests.integration.test_helm import allowed, by_kind, template
 
-    docs = template()
-    (role,) = by_kind(docs, "ClusterRole")
-    (leader,) = by_kind(docs, "Role")  # the Lease; the emulator's operator uses "default"
-    rules = role["rules"] + leader["rules"]
+# --------------------------------------------------------------------------- RBAC replay
+# Rendered as the release "rlaif-operator" in "default": the Lease the emulator's operator
+# holds (default/rlaif-operator) is then the one the chart's leader Role names.
+RBAC_RELEASE = ("template", "rlaif-operator", str(REPO / "charts" / "rlaif-operator"),
+                "--namespace", "default")
+ACCOUNT = ("rlaif-operator", "default")
+
+
+def rendered(*values: str) -> list[dict[str, Any]]:
+    from tests.integration.test_helm import helm
+
+    return [d for d in yaml.safe_load_all(helm(*RBAC_RELEASE, *values).stdout) if d]
+
+
+def test_rbac_replay_cluster_wide_install(cluster: EmulatedCluster) -> None:
+    """Every API call the real operator made in this module (recorded by the emulator, plus
+    the finalizers update strict clusters check for blockOwnerDeletion) is allowed by the
+    rendered ClusterRole and leader Role, and every permission they grant was needed."""
     assert cluster.emulator is not None
     calls = cluster.emulator.operator_calls
-    assert ("patch", "coordination.k8s.io", "leases", "") in calls
-    assert ("create", "batch", "jobs", "") in calls and ("patch", c.GROUP, c.JOB_PLURAL,
-                                                         "status") in calls
-    denied = [(verb, group, resource + (f"/{sub}" if sub else ""))
-              for verb, group, resource, sub in sorted(calls)
-              if not allowed(rules, group, resource + (f"/{sub}" if sub else ""), verb)]
-    assert denied == [], f"the chart's ClusterRole lacks {denied}"
+    granted = rbac.grants(rendered(), *ACCOUNT)
+    assert {g.role for g in granted} == {"ClusterRole rlaif-operator",
+                                         "Role rlaif-operator-leader"}
+    assert not (denied := rbac.denied(calls, granted)), "forbidden:\n" + "\n".join(
+        map(str, denied))
+    assert not (unused := rbac.unused(calls, granted)), "never used:\n" + "\n".join(
+        map(str, unused))
+
+
+def test_rbac_replay_namespaced_install(tmp_path: Any) -> None:
+    """The operator watching one namespace (as the chart runs it with watchNamespaces) makes
+    only calls the Roles allow: nothing cluster-wide, nothing outside its namespaces."""
+    ns = "team-a"
+    with EmulatedCluster(tmp_path) as cl:
+        cl.kubectl("apply", "--validate=false", "-f", str(REPO / "manifests" / "crds"))
+        cl.start_operator(tmp_path / "operator.log", namespaces=[ns],
+                          RLAIF_CLUSTER_SCANNING="false")
+        try:
+            kube = cl.client()
+            apply(cl, ns, "quickstart-cpu.yaml", lambda doc: doc["spec"]["rewards"][0].update(
+                autoscaling={"minReplicas": 1, "maxReplicas": 2}))
+            wait_phase(kube, ns, "quickstart", "Starting")
+            make_servers_ready(kube, ns, QUICKSTART_SERVERS)
+            wait_for(partial(kube.get, "batch/v1", "Job", ns, "quickstart-trainer-0"),
+                     what="the trainer Job")
+            wait_for(partial(kube.get, "autoscaling/v2", "HorizontalPodAutoscaler", ns,
+                             "quickstart-intelligibility"), what="the HPA")
+        finally:
+            cl.stop_operator()
+        assert cl.emulator is not None
+        calls = cl.emulator.operator_calls
+    granted = rbac.grants(rendered("--set", f"watchNamespaces={{{ns}}}"), *ACCOUNT)
+    assert {g.role for g in granted} == {"Role rlaif-operator", "Role rlaif-operator-leader"}
+    assert all(g.namespace is not None for g in granted), "no cluster-wide rights"
+    assert {call.namespace for call in calls} == {ns, "default"}
+    # The check can fail: a cluster-wide list, another namespace, another release's Lease.
+    assert len(rbac.denied({Call("list", "", "pods", "", "", ""),
+                            Call("list", "", "pods", "", "team-b", ""),
+                            Call("patch", "coordination.k8s.io", "leases", "", "default",
+                                 "other-release")}, granted)) == 3
+    assert not (denied := rbac.denied(calls, granted)), "forbidden:\n" + "\n".join(
+        map(str, denied))

@@ -16,6 +16,7 @@ from rlaif.config import TrainerConfig
 from rlaif.operator import job_builders as jb
 from rlaif.operator import meta
 from rlaif.operator import server_builders as sb
+from rlaif.operator.settings import OperatorConfig
 from tests.conftest import EXAMPLES
 
 K8S_VERSION = "1.35"
@@ -194,6 +195,21 @@ def test_network_policy_admits_only_this_jobs_trainers() -> None:
     assert rule["ports"] == [{"protocol": "TCP", "port": c.REWARD_PORT}]
 
 
+def test_network_policy_lets_the_named_prometheus_scrape_reward_servers() -> None:
+    """Only the configured namespace's Prometheus pods, only the reward port (/metrics)."""
+    cfg = OperatorConfig.from_env({"RLAIF_PROMETHEUS_NAMESPACE": "monitoring",
+                                   "RLAIF_PROMETHEUS_POD_LABELS": "app=prometheus, team=ml"})
+    trainers, scrape = jb.build_network_policy(_job("rlaif-spa"), cfg.scraper())["spec"][
+        "ingress"]
+    assert scrape == {"from": [{
+        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}},
+        "podSelector": {"matchLabels": {"app": "prometheus", "team": "ml"}}}],
+        "ports": trainers["ports"]}
+    assert OperatorConfig().scraper() is None
+    with pytest.raises(ValueError, match="RLAIF_PROMETHEUS_POD_LABELS: 'app' is not key=value"):
+        OperatorConfig(prometheus_namespace="m", prometheus_pod_labels="app").scraper()
+
+
 def test_reward_server_deployment_probes_and_args() -> None:
     server = SERVERS[0]
     dep = sb.build_deployment(server)
@@ -209,6 +225,8 @@ def test_reward_server_deployment_probes_and_args() -> None:
     assert sb.build_pdb(single) is None
     svc = sb.build_service(server)
     assert svc["spec"]["selector"].items() <= dep["spec"]["template"]["metadata"]["labels"].items()
+    # headless: the name resolves to each ready pod, so the reward client balances requests
+    assert svc["spec"]["clusterIP"] == "None" and not svc["spec"].get("publishNotReadyAddresses")
     assert sb.selector_string(server) == "app.kubernetes.io/instance=dnsmos," \
                                          "app.kubernetes.io/component=reward-server"
 

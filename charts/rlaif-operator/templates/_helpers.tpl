@@ -35,46 +35,80 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- end -}}
 
 {{/*
-What the operator does, and nothing more: reconcile its two kinds and write their status,
-own the children it builds, read pods (failure reasons, rank 0's address) and post Events.
+What the operator does, and nothing more (tests/integration/test_operator.py replays every call
+the real operator makes against these rules and fails on a missing or an unused one). Each
+kind it reconciles or owns is read through one list+watch (children with a label selector)
+into a cache, never with per-object GETs; it writes only what it built. get on a kind it
+creates: what stands in a child's place when a create is refused as AlreadyExists (an
+object it does not control, which it never adopts).
 */}}
 {{- define "rlaif.rules" -}}
 - apiGroups: [rlaif.dev]
-  resources: [rlaifjobs, rewardservers]
-  verbs: [get, list, watch, patch, delete]
+  resources: [rlaifjobs]
+  # patch: the accepted-immutable-spec annotation; delete: ttlSecondsAfterFinished.
+  verbs: [list, watch, patch, delete]
 - apiGroups: [rlaif.dev]
   resources: [rewardservers]
-  verbs: [create]
+  verbs: [list, watch, create, patch]
 - apiGroups: [rlaif.dev]
   resources: [rlaifjobs/status, rewardservers/status]
-  verbs: [get, patch]
+  verbs: [patch]
+# Children set blockOwnerDeletion on their ownerReference; clusters that enforce it
+# (OwnerReferencesPermissionEnforcement, e.g. OpenShift) require update on the owner's
+# finalizers to create them.
+- apiGroups: [rlaif.dev]
+  resources: [rlaifjobs/finalizers, rewardservers/finalizers]
+  verbs: [update]
 - apiGroups: [""]
-  resources: [configmaps, services]
-  verbs: [get, list, watch, create, patch, delete]
+  resources: [configmaps]
+  verbs: [list, watch, create, patch, get]
+- apiGroups: [""]
+  resources: [services]
+  verbs: [list, watch, create, get]
 - apiGroups: [""]
   resources: [pods]
-  verbs: [get, list, watch]
+  verbs: [list, watch]
 - apiGroups: [""]
   resources: [events]
-  # list: why a Job could not create its pods (FailedCreate, e.g. quota).
-  verbs: [create, patch, list]
-- apiGroups: [events.k8s.io]
-  resources: [events]
-  verbs: [create, patch]
+  # create: the operator's Events; list and watch: FailedCreate of its trainer Jobs (quota).
+  verbs: [create, list, watch]
 - apiGroups: [batch]
   resources: [jobs]
-  verbs: [get, list, watch, create, patch, delete]
+  verbs: [list, watch, create, patch, delete, get]
 - apiGroups: [apps]
   resources: [deployments]
-  verbs: [get, list, watch, create, patch, delete]
+  verbs: [list, watch, create, patch, get]
 - apiGroups: [networking.k8s.io]
   resources: [networkpolicies]
-  verbs: [get, list, create, patch, delete]
+  verbs: [list, watch, create, patch, get]
 - apiGroups: [policy]
   resources: [poddisruptionbudgets]
-  verbs: [get, list, create, patch, delete]
-# PodGroups for runPolicy.gangScheduling (Volcano, scheduler-plugins coscheduling).
+  verbs: [list, watch, create, delete, get]
+# HPAs for RewardServers with spec.autoscaling (on their scale subresource).
+- apiGroups: [autoscaling]
+  resources: [horizontalpodautoscalers]
+  verbs: [list, watch, create, patch, delete, get]
+# PodGroups for runPolicy.gangScheduling (Volcano, scheduler-plugins coscheduling); not
+# watched, as their CRDs may be missing.
 - apiGroups: [scheduling.volcano.sh, scheduling.x-k8s.io]
   resources: [podgroups]
-  verbs: [get, list, create, patch, delete]
+  verbs: [get, create]
+{{- end -}}
+
+{{/* The admission webhook: its Service, its certificate's Secret, its configuration. */}}
+{{- define "rlaif.webhookName" -}}
+{{- printf "%s-webhook" (include "rlaif.fullname" .) -}}
+{{- end -}}
+
+{{- define "rlaif.webhookHost" -}}
+{{- printf "%s.%s.svc" (include "rlaif.webhookName" .) .Release.Namespace -}}
+{{- end -}}
+
+{{/* A map as key=value,key=value (sorted), the operator's form for label selectors. */}}
+{{- define "rlaif.labelList" -}}
+{{- $pairs := list }}
+{{- range $k, $v := . }}
+{{- $pairs = append $pairs (printf "%s=%s" $k $v) }}
+{{- end }}
+{{- join "," $pairs -}}
 {{- end -}}

@@ -1,0 +1,138 @@
+"""The pure parts of the informer-driven reconciler: drift normalisation, who owns replicas,
+API errors into the ChildrenReady condition, the work queue and when a job is visited again."""
+
+from __future__ import annotations
+
+import threading
+from datetime import datetime, timedelta, timezone
+
+from rlaif.operator import conditions, reconcile
+from rlaif.operator.handlers import watch_namespaces
+from rlaif.operator.informer import Informer, WorkQueue
+from rlaif.operator.kube import ApiError
+from rlaif.operator.meta import TEMPLATE_HASH_ANNOTATION, drifted
+
+NOW = datetime(2026, 1, 1, tzinfo=timezone.utc)
+
+
+def test_drift_ignores_server_defaults_and_number_forms() -> None:
+    stored = {"replicas": "1", "maxWaitMs": 20.0, "strategy": {"type": "RollingUpdate"},
+              "resources": {"limits": {"cpu": 1, "memory": "1Gi"}}}
+    assert not drifted(stored, {"replicas": 1, "maxWaitMs": 20,
+                                "resources": {"limits": {"cpu": "1"}}, "unset": None})
+    assert drifted(stored, {"replicas": 2})
+    assert drifted(stored, {"resources": {"limits": {"memory": "2Gi"}}})
+    assert drifted({"args": ["a", "b"]}, {"args": ["a"]})
+    assert drifted({"flag": 1}, {"flag": True})
+
+
+def _deployment(replicas: int, template_hash: str) -> dict[str, object]:
+    return {"metadata": {"annotations": {TEMPLATE_HASH_ANNOTATION: template_hash}},
+            "spec": {"replicas": replicas, "selector": {"matchLabels": {"a": "b"}},
+                     "template": {"spec": {}}}}
+
+
+def test_deployment_patches_only_what_differs_after_normalising() -> None:
+    stored, built = _deployment(5, "h1"), _deployment(2, "h1")
+    assert reconcile.deployment_patch(stored, _deployment(5, "h1")) is None
+    stored["spec"]["replicas"] = "5"  # type: ignore[index]
+    assert reconcile.deployment_patch(stored, _deployment(5, "h1")) is None
+    assert reconcile.deployment_patch(stored, built) == {
+        "metadata": {"annotations": {TEMPLATE_HASH_ANNOTATION: "h1"}},
+        "spec": {"replicas": 2, "selector": {"matchLabels": {"a": "b"}}}}
+    patch = reconcile.deployment_patch(stored, _deployment(5, "h2"))
+    assert patch is not None and "template" in patch["spec"]
+
+
+def test_refused_child_writes_become_a_children_ready_reason() -> None:
+    quota = ApiError(403, "POST", "/apis/apps/v1/namespaces/ml/deployments",
+                     '{"kind": "Status", "reason": "Forbidden", "message": "deployments.apps '
+                     '\\"x\\" is forbidden: exceeded quota: gpu"}')
+    invalid = ApiError(422, "POST", "/api/v1/namespaces/ml/services", '{"reason": "Invalid", '
+                       '"message": "Service \\"x\\" is invalid", "details": {"causes": '
+                       '[{"field": "spec.ports[0].port"}]}}')
+    webhook = ApiError(400, "POST", "/x", '{"message": "admission webhook \\"policy\\" denied '
+                       'the request: no GPUs here"}')
+    cases = [(quota, "QuotaExceeded", "exceeded quota"),
+             (invalid, "Invalid", "fields: spec.ports[0].port"),
+             (webhook, "AdmissionDenied", "no GPUs here")]
+    for exc, reason, text in cases:
+        conds = conditions.children_condition(
+            [], (exc.status, exc.reason, exc.detail, exc.fields), f"{exc.method} {exc.path}", NOW)
+        (cond,) = conds
+        assert (cond["type"], cond["status"], cond["reason"]) == ("ChildrenReady", "False",
+                                                                  reason)
+        assert text in cond["message"] and exc.path in cond["message"]
+    fixed = conditions.children_condition(conds, None, "", NOW)
+    assert fixed[0]["status"] == "True" and fixed[0]["reason"] == "Synced"
+
+
+def test_the_queue_runs_a_key_once_at_a_time_and_collapses_repeats() -> None:
+    queue, stop = WorkQueue(), threading.Event()
+    seen: list[tuple[str, str | None, str]] = []
+    gate = threading.Event()
+
+    def handle(key: tuple[str, str | None, str]) -> None:
+        seen.append(key)
+        if len(seen) == 1:
+            queue.add(key)  # asked for again while it runs: runs once more afterwards
+            queue.add(key)
+            gate.wait(5)
+
+    for _ in range(3):
+        queue.add(("RLAIFJob", "ns", "a"))
+    workers = [threading.Thread(target=queue.work, args=(handle, stop)) for _ in range(3)]
+    for w in workers:
+        w.start()
+    gate.set()
+    for _ in range(100):
+        if len(seen) == 2 and not len(queue):
+            break
+        stop.wait(0.05)
+    stop.set()
+    for w in workers:
+        w.join(5)
+    assert seen == [("RLAIFJob", "ns", "a")] * 2
+
+
+def test_jobs_are_visited_until_they_finish_then_at_their_ttl() -> None:
+    running = {"spec": {}, "status": {"phase": "Starting"}}
+    assert reconcile.next_visit(running, reconcile.Outcome(), 30, NOW) == 30
+    done = {"spec": {"runPolicy": {"ttlSecondsAfterFinished": 600}},
+            "status": {"phase": "Succeeded",
+                       "completionTime": conditions.now_iso(NOW - timedelta(seconds=100))}}
+    assert reconcile.next_visit(done, reconcile.Outcome(), 30, NOW) == 500
+    assert reconcile.next_visit({"status": {"phase": "Failed"}}, reconcile.Outcome(), 30,
+                                NOW) is None
+    finishing = reconcile.Outcome(status={"phase": "Succeeded"})
+    assert reconcile.next_visit(running, finishing, 30, NOW) == 0.0  # release rewards now
+
+
+def test_watch_namespaces_come_from_kopfs_arguments() -> None:
+    assert watch_namespaces(["rlaif", "operator", "--all-namespaces"]) is None
+    assert watch_namespaces(["x", "--namespace", "ml", "-n", "a", "--namespace=b"]) == [
+        "ml", "a", "b"]
+
+
+def test_an_owned_server_follows_the_reward_but_keeps_its_replicas() -> None:
+    stored = {"kind": "asr", "model": "/m", "replicas": 5, "maxBatch": "16",
+              "autoscaling": {"minReplicas": 1, "maxReplicas": 4}}
+    built = {"kind": "asr", "model": "/m", "replicas": 1, "maxBatch": 16,
+             "autoscaling": {"minReplicas": 1, "maxReplicas": 4}}
+    assert reconcile.server_spec_patch(stored, built) is None
+    assert reconcile.server_spec_patch(stored, {**built, "model": "/n"}) == {
+        **{k: v for k, v in built.items() if k != "replicas"}, "model": "/n"}
+    unscaled = {k: v for k, v in built.items() if k != "autoscaling"}
+    assert (reconcile.server_spec_patch(stored, unscaled) or {}).get("autoscaling", 0) is None
+
+
+def test_a_watch_event_older_than_a_write_does_not_replace_it() -> None:
+    """What this process wrote (put) stays until the watch brings a newer version."""
+    informer = Informer(None, "v1", "ConfigMap")  # type: ignore[arg-type]  # no API used
+    informer.put({"metadata": {"name": "a", "namespace": "n", "resourceVersion": "12"}})
+    def version(name: str, rv: str) -> dict[str, object]:
+        return {"metadata": {"name": name, "namespace": "n", "resourceVersion": rv}}
+
+    assert informer.older_than_stored(version("a", "11"))
+    assert not informer.older_than_stored(version("a", "13"))
+    assert not informer.older_than_stored(version("b", "1"))
