@@ -90,6 +90,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="plain log lines, no bar")
     p.set_defaults(func=_lazy("rlaif.runner:run_command"))
 
+    p = sub.add_parser("eval", help="score base vs a trained checkpoint on held-out prompts; "
+                                    "write report.html")
+    p.add_argument("job", metavar="JOB.yaml", help="manifest with one RLAIFJob")
+    p.add_argument("--checkpoint", required=True, metavar="DIR|base",
+                   help="a run's output folder, its best/, an adapter folder, or base")
+    p.add_argument("--prompts", default=None, metavar="FILE",
+                   help="held-out prompts JSONL (default: spec.evaluation.prompts)")
+    p.add_argument("--out", required=True, metavar="DIR",
+                   help="report.html, eval.json and audio/ go here")
+    p.set_defaults(func=_lazy("rlaif.evaluate:eval_command"))
+
     p = sub.add_parser("validate", help="check manifests; exit 1 with field-path errors")
     p.add_argument("files", nargs="+", metavar="FILE")
     p.add_argument("--check-paths", action="store_true",
@@ -127,6 +138,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="after SIGTERM, time the batch in progress has to finish")
     p.add_argument("--label-schema", default=None, metavar="FILE",
                    help="YAML/JSON label schema (default: RLAIF-SPA's lists)")
+    p.add_argument("--judge", default=None, metavar="JSON",
+                   help="kind judge: spec.judge as JSON (dimensions, backend, endpoint, ...); "
+                        "the endpoint's API key is read from $RLAIF_JUDGE_API_KEY")
+    p.add_argument("--asr-packing", action=argparse.BooleanOptionalAction, default=False,
+                   help="kind asr: pack short clips several to a 30-s Whisper window "
+                        "(faster; WER differs from one clip per window, see docs)")
     p.set_defaults(func=_lazy("rlaif.rewards.server:serve_command"))
 
     p = sub.add_parser("label", help="label sentences with prosody labels using an LLM")

@@ -19,7 +19,14 @@ class RewardEndpoint(Model):
     name: str
     kind: RewardKind | None = None
     url: str = Field(description="Base URL of the reward server, e.g. http://host:8080.")
-    weight: float = Field(gt=0)
+    replica_urls: list[str] = Field(default_factory=list, description="Base URLs of further "
+                                    "replicas (a local run's extra server processes).")
+    weight: float = Field(ge=0, description="0 for an evaluator (held-out scoring only).")
+
+    @property
+    def urls(self) -> list[str]:
+        """Every replica's base URL (a host name may stand for several pods)."""
+        return [self.url, *self.replica_urls]
 
 
 class TrainerConfig(Model):
@@ -29,6 +36,8 @@ class TrainerConfig(Model):
     namespace: str | None = None
     spec: RLAIFJobSpec
     rewards: list[RewardEndpoint]
+    evaluators: list[RewardEndpoint] = Field(default_factory=list, description="Servers of "
+                                             "spec.evaluation.evaluators (weight 0).")
     output_dir: str = Field(description="metrics.jsonl, summary.json, final adapter, samples.")
     checkpoint_dir: str = c.CHECKPOINT_DIR
     metrics_port: int = c.METRICS_PORT

@@ -29,10 +29,13 @@ from pathlib import Path
 
 import yaml
 
-from rlaif.api.models import RLAIFJob
+from rlaif.api.models import RewardSpec, RLAIFJob
 from rlaif.api.validation import FieldError, InvalidManifest, load_job
 from rlaif.config import RewardEndpoint, TrainerConfig
 from rlaif.data import PromptFileError, load_prompts
+from rlaif.trainer.evaluation import EVAL_KIND, PairedDifference
+from rlaif.trainer.evaluation import PREFIX as EVAL_PREFIX
+from rlaif.trainer.metrics import TENSORBOARD_DIR
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_REWARDS, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 STOP_GRACE_S = 10.0
@@ -100,9 +103,9 @@ def prepare_job(path: Path, steps: int | None, ranks: int | None) -> RLAIFJob:
         job = load_job(path, check_paths=True)
     except InvalidManifest as exc:
         raise RunError("\n".join(str(e) for e in exc.errors), EXIT_INVALID) from None
-    errors = [FieldError(f"spec.rewards[{i}].serverRef", "a shared RewardServer cannot run "
-                         "locally; give this reward a kind and a model")
-              for i, r in enumerate(job.spec.rewards) if r.server_ref is not None]
+    errors = [FieldError(f"{path}.serverRef", "a shared RewardServer cannot run locally; "
+                         "give it a kind and a model")
+              for path, r in served_models(job) if r.server_ref is not None]
     if steps is not None:
         if steps < 1:
             errors.append(FieldError("--steps", "must be at least 1"))
@@ -121,7 +124,21 @@ def prepare_job(path: Path, steps: int | None, ranks: int | None) -> RLAIFJob:
         load_prompts(prompts, job.spec.label_schema)
     except PromptFileError as exc:
         raise RunError(f"{path}: spec.data.prompts: {exc}", EXIT_INVALID) from None
+    if job.spec.evaluation is not None:
+        heldout = Path(job.spec.evaluation.prompts)
+        try:
+            load_prompts(heldout if heldout.is_absolute() else path.resolve().parent / heldout,
+                         job.spec.label_schema)
+        except PromptFileError as exc:
+            raise RunError(f"{path}: spec.evaluation.prompts: {exc}", EXIT_INVALID) from None
     return job
+
+
+def served_models(job: RLAIFJob) -> list[tuple[str, RewardSpec]]:
+    """Every reward and evaluator with its field path: the servers a local run starts."""
+    found = [(f"spec.rewards[{i}]", r) for i, r in enumerate(job.spec.rewards)]
+    return found + [(f"spec.evaluation.evaluators[{i}]", e)
+                    for i, e in enumerate(job.spec.evaluators())]
 
 
 def free_port() -> int:
@@ -131,28 +148,36 @@ def free_port() -> int:
 
 
 def start_reward_servers(job: RLAIFJob, out: Path) -> tuple[list[Child], list[RewardEndpoint]]:
-    """One local server process per reward, on a free port; returns them and their URLs."""
+    """Local server processes, ``replicas`` (at least one) per reward and evaluator, each on a
+    free port; returns them (in the order of the endpoints' URLs) and the endpoints (an
+    evaluator's weight is 0). The reward client spreads each step over a reward's replicas."""
     schema = out / "label-schema.yaml"
     schema.write_text(yaml.safe_dump(job.spec.label_schema.model_dump(by_alias=True)))
     children, endpoints = [], []
-    for reward in job.spec.rewards:
+    for _, reward in served_models(job):
         assert reward.kind is not None and reward.model is not None  # checked by validation
-        port = free_port()
-        argv = [sys.executable, "-m", "rlaif.cli", "reward", "serve", "--kind", reward.kind,
-                "--model", reward.model, "--host", "127.0.0.1", "--port", str(port),
-                "--max-batch", str(reward.max_batch), "--max-wait-ms", str(reward.max_wait_ms),
-                "--label-schema", str(schema)]
-        children.append(spawn(f"reward server {reward.name!r}", argv,
-                              out / "logs" / f"reward-{reward.name}.log"))
-        endpoints.append(RewardEndpoint(name=reward.name, kind=reward.kind,
-                                        url=f"http://127.0.0.1:{port}", weight=reward.weight))
+        urls = []
+        for replica in range(max(1, reward.replicas)):
+            port = free_port()
+            argv = [sys.executable, "-m", "rlaif.cli", "reward", "serve", "--kind", reward.kind,
+                    "--model", reward.model, "--host", "127.0.0.1", "--port", str(port),
+                    "--max-batch", str(reward.max_batch), "--max-wait-ms",
+                    str(reward.max_wait_ms), "--label-schema", str(schema)]
+            if reward.judge is not None:  # the API key comes from $RLAIF_JUDGE_API_KEY here
+                argv += reward.judge.serve_args()
+            suffix = f"-{replica}" if replica else ""
+            children.append(spawn(f"reward server {reward.name + suffix!r}", argv,
+                                  out / "logs" / f"reward-{reward.name}{suffix}.log"))
+            urls.append(f"http://127.0.0.1:{port}")
+        endpoints.append(RewardEndpoint(name=reward.name, kind=reward.kind, url=urls[0],
+                                        replica_urls=urls[1:], weight=reward.weight))
     return children, endpoints
 
 
 def wait_ready(servers: list[Child], endpoints: list[RewardEndpoint], timeout_s: float) -> None:
     """Block until every server answers /readyz 200; RunError with the log tail otherwise."""
     deadline = time.monotonic() + timeout_s
-    pending = dict(zip([e.url for e in endpoints], servers, strict=True))
+    pending = dict(zip([u for e in endpoints for u in e.urls], servers, strict=True))
     while pending:
         for url, child in list(pending.items()):
             if not child.alive():
@@ -181,8 +206,11 @@ def write_trainer_config(job: RLAIFJob, job_path: Path, out: Path,
                          endpoints: list[RewardEndpoint]) -> Path:
     from rlaif.files import atomic_write_text
 
+    training = {r.name for r in job.spec.rewards}
     config = TrainerConfig(job_name=job.metadata.name, namespace=job.metadata.namespace,
-                           spec=job.spec, rewards=endpoints, output_dir=str(out),
+                           spec=job.spec, rewards=[e for e in endpoints if e.name in training],
+                           evaluators=[e for e in endpoints if e.name not in training],
+                           output_dir=str(out),
                            checkpoint_dir=str(out / "checkpoints"), metrics_port=free_port(),
                            base_dir=str(job_path.resolve().parent))
     path = out / "trainer.yaml"
@@ -210,9 +238,15 @@ def follow_metrics(path: Path, after_step: int = 0) -> Iterator[dict]:
             end = data.rfind(b"\n") + 1
             offset += end
             records = [r for line in data[:end].splitlines() if line.strip()
-                       if (r := json.loads(line)).get("step", 0) > after_step]
+                       if _new(r := json.loads(line), after_step)]
         yield from records
         yield {}
+
+
+def _new(record: dict, after_step: int) -> bool:
+    """Past ``after_step``, or the base policy's held-out evaluation (step 0) of a fresh run."""
+    step = record.get("step", 0)
+    return step > after_step or (step == after_step == 0 and record.get("kind") == EVAL_KIND)
 
 
 def _size_and_inode(path: Path) -> tuple[int, int]:
@@ -253,6 +287,9 @@ class Progress:
             self.bar = tqdm(total=total, initial=start, unit="step", dynamic_ncols=True)
 
     def update(self, record: dict) -> None:
+        if record.get("kind") == EVAL_KIND:
+            self.say(heldout_line(record))
+            return
         mean = record.get("reward_mean")  # null when no sample of the step could be scored
         reward = "n/a" if mean is None else f"{mean:.3f}"
         if self.bar is not None:
@@ -263,9 +300,26 @@ class Progress:
             print(f"step {record['step']}/{record['total_steps']} reward {reward} "
                   f"({record['step_seconds']:.1f} s)", flush=True)
 
+    def say(self, line: str) -> None:
+        """A line above the bar (or a plain line)."""
+        if self.bar is not None:
+            self.bar.write(line)
+        else:
+            print(line, flush=True)
+
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+
+
+def heldout_line(row: dict) -> str:
+    """A held-out evaluation's figures for the console."""
+    scores = [(k.removeprefix(EVAL_PREFIX), v) for k, v in row.items()
+              if k.startswith(EVAL_PREFIX) and "/" not in k.removeprefix(EVAL_PREFIX)]
+    line = f"held-out at step {row['step']}: " + ", ".join(
+        f"{name} {'n/a' if v is None else f'{v:.3f}'}" for name, v in scores)
+    return "\n".join([line] + [f"RewardHacking ({found['rule']} rule): {found['message']}"
+                               for found in row.get("hacking", [])])
 
 
 def supervise(trainer: Child, servers: list[Child], out: Path, total: int, plain: bool,
@@ -343,6 +397,8 @@ def run(job_path: Path, out: Path | None = None, steps: int | None = None,
             child.stop()
     if code == EXIT_OK:
         print(_closing_note(out), flush=True)
+        if where := _where_note(job_path, out):
+            print(where, flush=True)
     elif code == EXIT_INTERRUPTED:
         print(f"interrupted; run the same command again to resume from the checkpoint in "
               f"{out / 'checkpoints'}", file=sys.stderr)
@@ -356,9 +412,34 @@ def _closing_note(out: Path) -> str:
         return f"done; output in {out}"
     if summary.get("reward_first") is None or summary.get("reward_last") is None:
         return f"done; output in {out}"
-    return (f"done: reward {summary['reward_first']:.3f} (first steps) -> "
+    note = (f"done: reward {summary['reward_first']:.3f} (first steps) -> "
             f"{summary['reward_last']:.3f} (last steps); adapter, metrics.jsonl, summary.json, "
             f"reward_curve.png and samples/ in {out}")
+    return note + _heldout_note(summary.get("evaluation") or {})
+
+
+def _heldout_note(evaluation: dict) -> str:
+    """The held-out change of the best metric, paired, with its interval."""
+    name = evaluation.get("best_metric", "reward")
+    change = (evaluation.get("change") or {}).get(name)
+    if not change:
+        return ""
+    diff = PairedDifference(**change)
+    return (f"\nheld-out {name} (steps {evaluation['first_step']} -> "
+            f"{evaluation['last_step']}, same prompts and seeds): {diff.describe()}; best at "
+            f"step {evaluation.get('best_step')} (exported to best/)")
+
+
+def _where_note(job_path: Path, out: Path) -> str:
+    """Where to look next: the listening report command and TensorBoard's event files."""
+    lines = []
+    if (out / "eval").is_dir():
+        lines.append(f"held-out samples in {out / 'eval'}; listening report (base vs trained): "
+                     f"rlaif eval {job_path} --checkpoint {out} --out {out / 'report'}")
+    if (out / TENSORBOARD_DIR).is_dir():
+        lines.append(f"TensorBoard event files in {out / TENSORBOARD_DIR}: "
+                     f"tensorboard --logdir {out / TENSORBOARD_DIR}")
+    return "\n".join(lines)
 
 
 def _terminate_as_interrupt(signum: int, frame: object) -> None:

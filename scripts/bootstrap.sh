@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # Idempotent set-up on a fresh Debian machine: espeak-ng and sox, buildah and debootstrap (the
-# image smoke test builds the operator image), a .venv with the pinned CPU build of torch, the
-# project with every extra, and the helm binary used by the tests.
+# image smoke test builds the operator image), chromium and chromedriver (the rlaif eval report
+# test opens report.html in a headless browser), a .venv with the pinned CPU build of torch,
+# the project with every extra, and the helm binary used by the tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 missing=()
-for bin in espeak-ng sox buildah debootstrap; do
-    command -v "$bin" >/dev/null || missing+=("$bin")
+for pair in espeak-ng sox buildah debootstrap chromium chromedriver:chromium-driver; do
+    bin=${pair%%:*} package=${pair#*:}  # command[:Debian package], when they differ
+    command -v "$bin" >/dev/null || missing+=("$package")
 done
 if ((${#missing[@]})); then
     sudo=""; [ "$(id -u)" = 0 ] || sudo=sudo

@@ -63,6 +63,18 @@ class Algorithm(AlgorithmState, Protocol):
         """One optimisation step (or ``innerIterations``) on the rollout; returns metrics."""
         ...
 
+    def synthesize(self, prompts: Sequence[Prompt], seeds: Sequence[int],
+                   samples_per_prompt: int, greedy: bool) -> list[np.ndarray]:
+        """Held-out samples (``samples_per_prompt`` per prompt, prompt by prompt; prompt i's
+        drawn from ``seeds[i]``): no gradients, and the training RNG streams are left as
+        they were, so evaluating does not change what training does next."""
+        ...
+
+    def save_policy(self, out: Path) -> None:
+        """The policy as it is now in its loadable form (the adapter), without ending training:
+        the best checkpoint's export. Called on every rank; only rank 0 writes."""
+        ...
+
     def save_final(self, out: Path) -> None:
         """The trained policy in its loadable form (adapter via save_pretrained, or weights).
         Called on every rank (ZeRO-3 must gather parameters); only rank 0 writes."""

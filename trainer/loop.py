@@ -32,10 +32,22 @@ from rlaif.trainer.algorithm import Algorithm
 from rlaif.trainer.audio import write_wav
 from rlaif.trainer.checkpoint import Checkpoints
 from rlaif.trainer.distributed import DistContext, all_any, all_gather_objects
+from rlaif.trainer.evaluation import metric, metric_names
+from rlaif.trainer.heldout import (
+    BEST_DIR,
+    HeldOutEvaluation,
+    Verdict,
+    export_best,
+    heldout_summary,
+    log_eval_audio,
+    merge_best,
+)
 from rlaif.trainer.metrics import (
+    TENSORBOARD_DIR,
     MetricsLog,
     PrometheusExporter,
     Record,
+    TensorBoardLog,
     plot_rewards,
     summarize,
     write_summary,
@@ -118,8 +130,10 @@ class RewardCollector:
 
     def __call__(self, index: int, audio: np.ndarray) -> None:
         prompt = self.prompts[index // self.group_size]
+        voice = prompt.reference.waveform() if prompt.reference is not None else None
         self.pending.append(ScoreItem(id=f"{self.prefix}{index}", audio=audio,
-                                      text=prompt.text, labels=dict(prompt.labels)))
+                                      text=prompt.text, labels=dict(prompt.labels),
+                                      reference_audio=voice))
         self.seen += 1
         if self.overlap and len(self.pending) == self.group_size:
             self.flush()
@@ -272,6 +286,8 @@ class TrainingLoop:
                                        ctx)
         self.metrics = MetricsLog(self.out / "metrics.jsonl") if ctx.is_main else None
         self.exporter: PrometheusExporter | None = None
+        self.tensorboard: TensorBoardLog | None = None
+        self.heldout: HeldOutEvaluation | None = None
         self.last_checkpoint = 0
 
     # ------------------------------------------------------------------ run
@@ -283,23 +299,42 @@ class TrainingLoop:
             self.exporter = PrometheusExporter(self.config.metrics_port)
             self.exporter.update({"step": start, "total_steps": self.spec.steps,
                                   "last_checkpoint_step": start})
+            self.tensorboard = TensorBoardLog.open(self.out / TENSORBOARD_DIR)
+        if self.spec.evaluation is not None:
+            self.heldout = HeldOutEvaluation(self.config, self.ctx, self.algorithm,
+                                             self.metrics.records() if self.metrics else [])
         try:
+            if self.heldout is not None and start == 0:
+                self._evaluate(0)  # the base policy: what every later evaluation pairs with
             for step in range(start + 1, self.spec.steps + 1):
                 record = self.step(step)
+                verdict = self._evaluate_after(step, record)
+                hacked = bool(verdict and verdict.hacking and self.spec.evaluation
+                              and self.spec.evaluation.guard.on_hacking == "stop")
                 stop = all_any(self.stop.requested())
                 if step % self.spec.checkpoint.every_steps == 0 or step == self.spec.steps \
-                        or stop:
+                        or stop or hacked:
                     self.save(step)
                     record["last_checkpoint_step"] = step
                 self._log(record)
+                if verdict is not None:
+                    self._log_eval(verdict)
+                if hacked:
+                    log.error("reward hacking (spec.evaluation.guard.onHacking: stop): ending "
+                              "the run at step %d; the best policy by held-out %s is in %s",
+                              step, self.spec.evaluation.best_metric if self.spec.evaluation
+                              else "", self.out / BEST_DIR)
+                    self.finish()
+                    return EXIT_OK
                 if stop:
                     log.info("stop requested: checkpoint at step %d written, exiting", step)
                     return EXIT_STOPPED
             self.finish()
             return EXIT_OK
         finally:
-            if self.exporter is not None:
-                self.exporter.close()
+            for closing in (self.exporter, self.tensorboard, self.heldout):
+                if closing is not None:
+                    closing.close()
 
     def _resume(self) -> int:
         found = self.checkpoints.latest()
@@ -372,6 +407,8 @@ class TrainingLoop:
             self.metrics.append(record)
         if self.exporter is not None:
             self.exporter.update(record)
+        if self.tensorboard is not None:
+            self.tensorboard.scalars(record)
         if self.ctx.is_main:
             log.info("step %d/%d reward %s±%s kl %s loss %s unscorable %.0f%% %.1fs%s",
                      record["step"], record["total_steps"], _figure(record["reward_mean"], 3),
@@ -380,6 +417,41 @@ class TrainingLoop:
                      record["step_seconds"],
                      " (update skipped)" if record.get("skipped_unscorable") else "")
 
+    # ------------------------------------------------------------------ held-out evaluation
+
+    def _evaluate_after(self, step: int, record: Record) -> Verdict | None:
+        if self.heldout is None:
+            return None
+        self.heldout.observe(record)
+        return self._evaluate(step, log_now=False) if self.heldout.due(step) else None
+
+    def _evaluate(self, step: int, log_now: bool = True) -> Verdict:
+        """Score the policy on the held-out prompts (every rank); export it to best/ when it
+        is the best so far by spec.evaluation.bestMetric."""
+        assert self.heldout is not None
+        verdict = self.heldout.run(step)
+        if verdict.improved:
+            export_best(self.algorithm, self.out, step, self.ctx.is_main)
+        if log_now:
+            self._log_eval(verdict)
+        return verdict
+
+    def _log_eval(self, verdict: Verdict) -> None:
+        if verdict.row is None or self.heldout is None:
+            return
+        row = verdict.row
+        if self.metrics is not None:
+            self.metrics.append(row)
+        if self.exporter is not None:
+            self.exporter.update_eval(row, self.heldout.best, verdict.hacking)
+        if self.tensorboard is not None:
+            self.tensorboard.scalars(row)
+            log_eval_audio(self.tensorboard, self.out, row["step"])
+        log.info("held-out evaluation at step %d: %s", row["step"], ", ".join(
+            f"{name} {_figure(metric(row, name), 3)}" for name in metric_names(row)))
+        for found in verdict.hacking:
+            log.warning("RewardHacking (%s rule): %s", found.rule, found.message)
+
     # ------------------------------------------------------------------ end
 
     def finish(self) -> None:
@@ -387,10 +459,15 @@ class TrainingLoop:
         self.algorithm.save_final(self.out / "adapter")
         if self.metrics is None:
             return
-        records = self.metrics.records()
+        records = [r for r in self.metrics.records() if "kind" not in r]
         # first vs last epoch: the same prompts, so the change is the policy's, not the data's
         window = max(1, min(self.sampler.steps_per_epoch, len(records) // 3))
-        write_summary(self.out / "summary.json", summarize(records, window))
+        summary = summarize(records, window)
+        if self.heldout is not None:
+            merge_best(self.spec, self.out)
+            summary["evaluation"] = heldout_summary(self.out, self.heldout.rows,
+                                                    self.heldout.best)
+        write_summary(self.out / "summary.json", summary)
         plot_rewards(records, self.out / "reward_curve.png", window)
 
 

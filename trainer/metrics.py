@@ -18,9 +18,12 @@ from typing import Any
 import numpy as np
 
 from rlaif.files import atomic_write_text, fsync_dir
+from rlaif.trainer.evaluation import Best, Hacking, metric, metric_names
 
 Record = dict[str, Any]
 
+TENSORBOARD_DIR = "tensorboard"
+"""Under the output directory: TensorBoard event files (with the tensorboard extra)."""
 PHASES = ("generate", "reward_wait", "update", "other")
 """The step-time breakdown, each as ``time_<phase>`` seconds in a record."""
 
@@ -80,11 +83,12 @@ class MetricsLog:
         return out
 
     def truncate_after(self, step: int) -> None:
-        """Keep only steps <= ``step`` (once each), dropping torn lines: resume continues here."""
-        kept: dict[int, Record] = {}
+        """Keep only steps <= ``step`` (once each, and each held-out evaluation once),
+        dropping torn lines: resume continues here."""
+        kept: dict[tuple[int, int], Record] = {}
         for rec in self.records():
             if isinstance(rec.get("step"), int) and rec["step"] <= step:
-                kept.setdefault(rec["step"], rec)
+                kept.setdefault((rec["step"], "kind" in rec), rec)
         text = "".join(dumps(kept[s]) + "\n" for s in sorted(kept))
         atomic_write_text(self.path, text)
 
@@ -114,6 +118,19 @@ class PrometheusExporter:
             "could not score.", ["reward"], registry=self.registry)
         self.phase = Gauge("rlaif_step_phase_seconds", "Step-time breakdown of the last step.",
                            ["phase"], registry=self.registry)
+        self.eval_step = Gauge("rlaif_eval_step", "Last step evaluated on the held-out "
+                               "prompts.", registry=self.registry)
+        self.eval_score = Gauge("rlaif_eval_score", "Latest held-out value of "
+                                "spec.evaluation.bestMetric.", registry=self.registry)
+        self.eval_best_step = Gauge("rlaif_eval_best_step", "Step of the best checkpoint by "
+                                    "bestMetric (exported to best/).", registry=self.registry)
+        self.eval_value = Gauge("rlaif_eval", "Latest held-out value of one metric.",
+                                ["metric"], registry=self.registry)
+        self.eval_best = Gauge("rlaif_eval_best", "Best held-out value so far of one metric.",
+                               ["metric"], registry=self.registry)
+        self.hacking = Gauge("rlaif_reward_hacking", "1 while a reward-hacking guard rule is "
+                             "broken (the message label holds the figures).",
+                             ["metric", "rule", "message"], registry=self.registry)
         self.server, self.thread = start_http_server(port, registry=self.registry)
 
     def update(self, record: Record) -> None:
@@ -129,9 +146,56 @@ class PrometheusExporter:
         for phase in PHASES:
             self.phase.labels(phase=phase).set(record.get(f"time_{phase}", 0.0))
 
+    def update_eval(self, row: Record, best: Best, hacking: list[Hacking]) -> None:
+        """A held-out evaluation: each metric's value and best so far, and the guard's
+        findings (replacing the previous evaluation's)."""
+        self.eval_step.set(row["step"])
+        for name in metric_names(row):
+            self.eval_value.labels(metric=name).set(_gauge_value(metric(row, name)))
+        for name, value in best.values.items():
+            self.eval_best.labels(metric=name).set(value)
+        self.eval_score.set(_gauge_value(metric(row, best.metric)))
+        self.eval_best_step.set(_gauge_value(best.step))
+        self.hacking.clear()
+        for found in hacking:
+            self.hacking.labels(metric=found.metric, rule=found.rule,
+                                message=found.message).set(1)
+
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+class TensorBoardLog:
+    """Scalars of every row and held-out audio, as TensorBoard event files (the optional
+    ``tensorboard`` extra); ``open`` returns None where it is not installed."""
+
+    def __init__(self, writer: Any, directory: Path) -> None:
+        self.writer, self.directory = writer, directory
+
+    @classmethod
+    def open(cls, directory: Path) -> TensorBoardLog | None:
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:  # torch's writer needs the tensorboard package
+            return None
+        return cls(SummaryWriter(log_dir=str(directory)), directory)
+
+    def scalars(self, record: Record) -> None:
+        """Every finite figure of a row: ``train/<key>`` or the row's own ``eval/<metric>``."""
+        for key, value in record.items():
+            if key in ("step", "kind") or not _finite(value) or isinstance(value, bool):
+                continue
+            tag = key if key.startswith("eval/") else f"train/{key}"
+            self.writer.add_scalar(tag, float(value), record["step"])
+        self.writer.flush()
+
+    def audio(self, tag: str, wave: np.ndarray, step: int, rate: int) -> None:
+        self.writer.add_audio(tag, np.clip(wave, -1, 1), step, sample_rate=rate)
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()
 
 
 def _gauge_value(value: Any) -> float:

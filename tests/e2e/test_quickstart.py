@@ -39,3 +39,16 @@ def test_quickstart_raises_the_reward(tmp_path: Path) -> None:
     assert (out / "adapter" / "adapter_model.safetensors").exists()
     assert (out / "merged" / "model.safetensors").exists()  # checkpoint.saveMerged
     assert "step 24/24" in proc.stdout and "done: reward" in proc.stdout
+    # held-out evaluation: the base policy, every 8 steps, paired with the base at the end
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    evals = [r for r in rows if r.get("kind") == "eval"]
+    assert [r["step"] for r in evals] == [0, 8, 16, 24]
+    assert all(r["eval_samples"] == 16 and 0 < r["eval/reward"] <= 1 for r in evals)
+    assert not [r["hacking"] for r in evals if r["hacking"]]  # the guard stays quiet
+    held_out = json.loads((out / "summary.json").read_text())["evaluation"]
+    change = held_out["change"]["reward"]
+    assert change["n"] == 16 and change["low"] <= change["mean"] <= change["high"]
+    assert "held-out reward (steps 0 -> 24, same prompts and seeds)" in proc.stdout
+    assert "RewardHacking" not in proc.stdout + proc.stderr
+    assert (out / "best" / "adapter").is_dir() and (out / "best" / "merged").is_dir()
+    assert "listening report (base vs trained): rlaif eval" in proc.stdout

@@ -25,6 +25,7 @@ def job_file(tmp: Path, steps: int, **spec: object) -> Path:
     job["spec"]["rewards"] = [{"name": "alignment", "kind": "judge", "model": "builtin:acoustic",
                                "weight": 1.0}]
     job["spec"]["data"]["prompts"] = str(REPO / "examples" / "data" / "quickstart-prompts.jsonl")
+    del job["spec"]["evaluation"]  # held-out evaluation has its own tests
     job["spec"].update(steps=steps, checkpoint={"everySteps": 50, "keep": 2},
                        grpo={**job["spec"]["grpo"], "batchSize": 1}, **spec)
     path = tmp / "job.yaml"

@@ -19,6 +19,7 @@ import soundfile as sf
 from aiohttp import web
 
 from rlaif.audio import resample
+from rlaif.rewards.scoring import Scorer
 from rlaif.rewards.server import RewardApp, ServerSettings, build_scorer
 
 SENTENCE = "The committee approved the new budget after a long debate."
@@ -72,11 +73,12 @@ def wait_ready(url: str, timeout_s: float = 120.0) -> None:
 class ServerThread:
     """A real reward server (the same app as ``rlaif reward serve``) in a background loop."""
 
-    def __init__(self, settings: ServerSettings, port: int | None = None):
+    def __init__(self, settings: ServerSettings, port: int | None = None,
+                 scorer: Scorer | None = None):
         self.settings = settings
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.state = RewardApp(build_scorer(settings), settings)
+        self.state = RewardApp(scorer or build_scorer(settings), settings)
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._runner: web.AppRunner | None = None
@@ -110,8 +112,11 @@ class ServerThread:
 
 
 @contextlib.contextmanager
-def running_server(settings: ServerSettings, port: int | None = None) -> Iterator[ServerThread]:
-    server = ServerThread(settings, port).start()
+def running_server(settings: ServerSettings, port: int | None = None,
+                   scorer: Scorer | None = None) -> Iterator[ServerThread]:
+    """A real server for ``settings`` (serving ``scorer`` instead of the kind's own one: a
+    test's deliberately simple reward)."""
+    server = ServerThread(settings, port, scorer).start()
     try:
         yield server
     finally:

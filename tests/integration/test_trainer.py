@@ -68,6 +68,7 @@ def write_config(tmp: Path, endpoints: list[RewardEndpoint], *, steps: int, rank
                  zero: int = 2, every: int = 2) -> tuple[Path, TrainerConfig]:
     spec = load_job(REPO / "examples" / "quickstart-cpu.yaml").spec
     spec.rewards = [r for r in spec.rewards if r.name in SERVERS]
+    spec.evaluation = None  # held-out evaluation has its own tests
     spec.steps, spec.checkpoint.every_steps = steps, every
     spec.grpo.batch_size = 1
     spec.trainer.processes_per_node = ranks
