@@ -32,7 +32,13 @@ from aiohttp.http_exceptions import HttpProcessingError
 from pydantic import ValidationError
 
 from rlaif.api.labels import LabelSchema
-from rlaif.constants import REWARD_MAX_QUEUED_AUDIO_SECONDS, REWARD_MAX_READING_BYTES
+from rlaif.api.models import JudgeSpec
+from rlaif.api.validation import pydantic_errors
+from rlaif.constants import (
+    JUDGE_API_KEY_ENV,
+    REWARD_MAX_QUEUED_AUDIO_SECONDS,
+    REWARD_MAX_READING_BYTES,
+)
 from rlaif.modelref import ModelNotFound, is_builtin, resolve
 from rlaif.rewards.admission import Budget, retry_after_s
 from rlaif.rewards.batcher import MicroBatcher, ShuttingDown
@@ -63,6 +69,8 @@ class ServerSettings:
     max_wait_ms: float = 10.0
     limits: Limits | None = None
     schema: LabelSchema = field(default_factory=LabelSchema)
+    judge: JudgeSpec = field(default_factory=JudgeSpec)  # kind judge: dimensions, backend
+    asr_packing: bool = False  # kind asr: short clips share a Whisper window (rewards/asr.py)
     max_queued_audio_seconds: float = REWARD_MAX_QUEUED_AUDIO_SECONDS
     max_reading_bytes: int = REWARD_MAX_READING_BYTES
     read_timeout_s: float = 60.0  # to receive a whole body (slow senders get 408)
@@ -82,12 +90,17 @@ def default_limits(kind: str) -> Limits:
 
 def build_scorer(settings: ServerSettings) -> Scorer:
     """The scorer for ``kind`` and ``model`` (constructed only: ``load`` reads the weights)."""
+    if settings.kind == "judge" and settings.judge.served:
+        from rlaif.rewards.judge_openai import ServedJudge
+
+        return ServedJudge(settings.model, settings.judge, settings.schema,
+                           api_key=os.environ.get(JUDGE_API_KEY_ENV) or None)
     path = resolve(settings.model)
     device = resolve_device(settings.device)
     if settings.kind == "asr":
         from rlaif.rewards.asr import AsrScorer
 
-        return AsrScorer(path, device)
+        return AsrScorer(path, device, packing=settings.asr_packing)
     if settings.kind == "mos":
         from rlaif.rewards.mos import MosScorer
 
@@ -100,13 +113,13 @@ def build_scorer(settings: ServerSettings) -> Scorer:
         if settings.model == ACOUSTIC_REF:
             from rlaif.rewards.acoustic import AcousticJudge
 
-            return AcousticJudge(settings.schema)
+            return AcousticJudge(settings.schema, tuple(settings.judge.dimensions))
         if is_builtin(settings.model):
             raise ModelNotFound(f"{settings.model} is not a judge model "
                                 f"(use {ACOUSTIC_REF} or a Qwen2-Audio directory)")
         from rlaif.rewards.judge import LlmJudge
 
-        return LlmJudge(path, device, settings.schema)
+        return LlmJudge(path, device, settings.schema, tuple(settings.judge.dimensions))
     raise ValueError(f"kind: unknown reward kind {settings.kind!r}")
 
 
@@ -356,11 +369,24 @@ def load_label_schema(path: str | None) -> LabelSchema:
     try:
         return LabelSchema.model_validate(yaml.safe_load(Path(path).read_text()) or {})
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or '(top)'}: {e['msg']}"
-                             for e in exc.errors())
-        raise ValueError(f"--label-schema {path}: {problems}") from None
+        raise ValueError(f"--label-schema {path}: {validation_problems(exc)}") from None
     except (OSError, yaml.YAMLError) as exc:
         raise ValueError(f"--label-schema {path}: {exc}") from None
+
+
+def load_judge_settings(text: str | None) -> JudgeSpec:
+    """``--judge``: a RewardServer's spec.judge as JSON (default: local, all dimensions)."""
+    if text is None:
+        return JudgeSpec()
+    try:
+        return JudgeSpec.model_validate_json(text)
+    except ValidationError as exc:
+        raise ValueError(f"--judge: {validation_problems(exc)}") from None
+
+
+def validation_problems(exc: ValidationError) -> str:
+    """A pydantic error as ``field.path: message`` pairs, one per problem."""
+    return "; ".join(str(problem) for problem in pydantic_errors(exc))
 
 
 def settings_from_args(args: argparse.Namespace) -> ServerSettings:
@@ -375,6 +401,8 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
     return ServerSettings(kind=args.kind, model=args.model, device=args.device,
                           max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
                           schema=load_label_schema(args.label_schema),
+                          judge=load_judge_settings(args.judge),
+                          asr_packing=args.asr_packing,
                           max_queued_audio_seconds=args.max_queue_seconds,
                           read_timeout_s=args.read_timeout_s,
                           shutdown_grace_s=args.shutdown_grace_s)

@@ -1,11 +1,14 @@
 """The trainer's side of the reward-server contract.
 
-One batched request per server, all servers in parallel, from a background event loop so
-the trainer can submit a group as soon as it is rendered and keep generating while it is
-scored. Transient failures (connection errors, timeouts, 5xx) are retried with exponential
-backoff and jitter. An item a server could not score is NaN for that reward (not 0, which
-would punish the sample and drag its group's mean), counted, and its total is NaN too: the
-trainer leaves unscorable samples out of group statistics (as TRL's GRPOTrainer does).
+One batched request per server replica, all servers and replicas in parallel, from a
+background event loop so the trainer can submit a group as soon as it is rendered and keep
+generating while it is scored. A submission is split evenly over a reward's replicas and
+each request goes to the least busy one (rlaif.reward_replicas), so N replicas share one
+trainer's load. Transient failures (connection errors, timeouts, 5xx, 429) are retried with
+exponential backoff and jitter, waiting at least what a Retry-After header asks. An item a
+server could not score is NaN for that reward (not 0, which would punish the sample and drag
+its group's mean), counted, and its total is NaN too: the trainer leaves unscorable samples
+out of group statistics (as TRL's GRPOTrainer does).
 """
 
 from __future__ import annotations
@@ -26,10 +29,12 @@ import numpy as np
 from rlaif.audio import encode_pcm16
 from rlaif.config import RewardEndpoint
 from rlaif.constants import REWARD_MAX_ITEMS, SAMPLE_RATE
+from rlaif.reward_replicas import Replicas
 
 log = logging.getLogger(__name__)
 
 SCORE_PATH = "/v1/score"
+MAX_RETRY_AFTER_S = 30.0
 
 
 @dataclass
@@ -96,7 +101,12 @@ class RewardRejected(RewardUnavailable):
 
 
 class _Retryable(Exception):
-    """A failure worth another attempt (connection, timeout, 5xx, garbled answer)."""
+    """A failure worth another attempt (connection, timeout, 5xx, 429, garbled answer)."""
+
+    def __init__(self, message: str, retry_after_s: float = 0.0, connect: bool = False):
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+        self.connect = connect
 
 
 class _Rejected(Exception):
@@ -122,6 +132,7 @@ class RewardClient:
         if len(set(names)) != len(names):
             raise ValueError(f"reward names must be unique, got {names}")
         self.endpoints = list(endpoints)
+        self._replicas = {e.name: Replicas(e.urls) for e in endpoints}
         self.timeout_s = timeout_s
         self.retries = retries
         self.backoff_s = backoff_s
@@ -136,7 +147,7 @@ class RewardClient:
     # ------------------------------------------------------------------ public API
 
     def submit(self, items: Sequence[ScoreItem]) -> concurrent.futures.Future[RewardScores]:
-        """Send now (one batched request per server, all servers in parallel) from a
+        """Send now (per server one batched request per replica, all in parallel) from a
         background event-loop thread; the trainer submits each group as soon as it is
         rendered, so scoring overlaps generation."""
         if self._closed:
@@ -146,9 +157,8 @@ class RewardClient:
             done: concurrent.futures.Future[RewardScores] = concurrent.futures.Future()
             done.set_result(self._empty())
             return done
-        bodies = [json.dumps({"items": [it.to_wire() for it in chunk]}).encode()
-                  for chunk in _chunks(list(items), self.max_items_per_request)]
-        return asyncio.run_coroutine_threadsafe(self._score_all(ids, bodies), self._loop)
+        wire = [json.dumps(it.to_wire()) for it in items]  # encoded once for every server
+        return asyncio.run_coroutine_threadsafe(self._score_all(ids, wire), self._loop)
 
     def score(self, items: Sequence[ScoreItem]) -> RewardScores:
         return self.submit(items).result()
@@ -190,11 +200,11 @@ class RewardClient:
         return RewardScores(ids=[], total=np.zeros(0), per_reward={n: np.zeros(0) for n in names},
                             details={n: [] for n in names}, errors=dict.fromkeys(names, 0))
 
-    async def _score_all(self, ids: list[str], bodies: list[bytes]) -> RewardScores:
+    async def _score_all(self, ids: list[str], wire: list[str]) -> RewardScores:
         if self._session is None:
             self._session = aiohttp.ClientSession(
                 timeout=aiohttp.ClientTimeout(total=self.timeout_s))
-        columns = await asyncio.gather(*(self._score_one(ep, ids, bodies)
+        columns = await asyncio.gather(*(self._score_one(ep, ids, wire)
                                          for ep in self.endpoints))
         by_name = dict(zip([ep.name for ep in self.endpoints], columns, strict=True))
         per_reward = {name: col.scores for name, col in by_name.items()}
@@ -205,28 +215,36 @@ class RewardClient:
         )
 
     async def _score_one(self, ep: RewardEndpoint, ids: list[str],
-                         bodies: list[bytes]) -> _RewardColumn:
-        answers: list[dict] = []
-        for body in bodies:
-            answers += await self._post_with_retries(ep, body)
-        return _column(ep, ids, answers)
+                         wire: list[str]) -> _RewardColumn:
+        replicas = self._replicas[ep.name]
+        await replicas.refresh()
+        size = min(self.max_items_per_request, -(-len(wire) // replicas.count))
+        bodies = [f'{{"items": [{", ".join(chunk)}]}}'.encode() for chunk in _chunks(wire, size)]
+        parts = await asyncio.gather(*(self._post_with_retries(ep, body) for body in bodies))
+        return _column(ep, ids, [answer for part in parts for answer in part])
 
     async def _post_with_retries(self, ep: RewardEndpoint, body: bytes) -> list[dict]:
-        url = ep.url.rstrip("/") + SCORE_PATH
+        replicas = self._replicas[ep.name]
         for attempt in range(self.retries + 1):
-            try:
-                return await self._post(url, body)
-            except _Retryable as exc:
-                if attempt == self.retries:
-                    raise RewardUnavailable(
-                        f"reward {ep.name!r} at {url} failed after {attempt + 1} attempts: "
-                        f"{exc}") from None
-                delay = self.backoff_s * 2**attempt * random.uniform(0.5, 1.5)
-                log.warning("reward %r at %s: %s; retrying in %.2f s", ep.name, url, exc, delay)
-                await asyncio.sleep(delay)
-            except _Rejected as exc:
-                raise RewardRejected(f"reward {ep.name!r} at {url} rejected the request: "
-                                     f"{exc}") from None
+            async with replicas.acquire() as replica:
+                url = replica.url + SCORE_PATH
+                try:
+                    return await self._post(url, body)
+                except _Retryable as exc:
+                    if exc.connect:
+                        replicas.failed(replica)
+                    if attempt == self.retries:
+                        raise RewardUnavailable(
+                            f"reward {ep.name!r} at {url} failed after {attempt + 1} "
+                            f"attempts: {exc}") from None
+                    delay = max(exc.retry_after_s,
+                                self.backoff_s * 2**attempt * random.uniform(0.5, 1.5))
+                    log.warning("reward %r at %s: %s; retrying in %.2f s", ep.name, url, exc,
+                                delay)
+                except _Rejected as exc:
+                    raise RewardRejected(f"reward {ep.name!r} at {url} rejected the request: "
+                                         f"{exc}") from None
+            await asyncio.sleep(delay)  # outside the block: a waiting request is not in flight
         raise AssertionError("unreachable")
 
     async def _post(self, url: str, body: bytes) -> list[dict]:
@@ -236,10 +254,15 @@ class RewardClient:
                     url, data=body, headers={"Content-Type": "application/json"}) as resp:
                 text = await resp.text()
                 status = resp.status
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+                retry_after = _retry_after_s(resp.headers.get("Retry-After"))
+        except asyncio.TimeoutError as exc:  # an OSError too since 3.11: caught first
+            raise _Retryable(f"timeout: {exc}") from None
+        except (aiohttp.ClientConnectionError, OSError) as exc:
+            raise _Retryable(f"{type(exc).__name__}: {exc}", connect=True) from None
+        except aiohttp.ClientError as exc:
             raise _Retryable(f"{type(exc).__name__}: {exc}") from None
-        if status >= 500:
-            raise _Retryable(f"HTTP {status}: {text[:200]}")
+        if status >= 500 or status == 429:  # 429/503: the server's backpressure
+            raise _Retryable(f"HTTP {status}: {text[:200]}", retry_after)
         if status >= 400:
             raise _Rejected(f"HTTP {status}: {text[:500]}")
         try:
@@ -290,5 +313,13 @@ def _column(ep: RewardEndpoint, ids: list[str], answers: list[dict]) -> _RewardC
     return _RewardColumn(scores, details, errors)
 
 
-def _chunks(items: list[ScoreItem], size: int) -> list[list[ScoreItem]]:
+def _chunks(items: list[str], size: int) -> list[list[str]]:
     return [items[i:i + size] for i in range(0, len(items), size)]
+
+
+def _retry_after_s(value: str | None) -> float:
+    """Seconds a Retry-After header asks for (delta-seconds form), capped; 0 if absent."""
+    try:
+        return min(MAX_RETRY_AFTER_S, max(0.0, float(value))) if value else 0.0
+    except ValueError:
+        return 0.0  # the HTTP-date form: fall back to our own backoff
