@@ -25,6 +25,7 @@ from rlaif.trainer.distributed import all_any
 from rlaif.trainer.engine import build_engine, compute_dtype
 from rlaif.trainer.grpo import GRPOLossConfig, group_advantages, grpo_loss, zero_variance_groups
 from rlaif.trainer.policies import Completions, SpeechLMPolicy, load_policy
+from rlaif.trainer.rendering import RenderQueue
 
 ENGINE_TAG = "engine"
 
@@ -63,17 +64,15 @@ class GRPOAlgorithm:
     def rollout(self, prompts: Sequence[Prompt], on_audio: AudioSink | None = None) -> Rollout:
         groups, lengths, entropies = [], [], []
         audio: list[np.ndarray] = []
-        for prompt in prompts:
-            done = self.policy.sample(prompt, self.group_size, self.grpo.max_new_tokens,
-                                      self.grpo.temperature, self.grpo.top_p)
-            groups.append(GroupSamples(prompt, done))
-            lengths.append(float(done.mask.sum(1).mean()))
-            entropies.append(done.entropy)
-            for tokens in self.policy.completion_tokens(done.ids, done.mask):
-                wave = self.policy.render(tokens, prompt)
-                if on_audio is not None:
-                    on_audio(len(audio), wave)
-                audio.append(wave)
+        with RenderQueue(self.policy.render, self.policy.render_in_threads, audio,
+                         on_audio) as renders:
+            for prompt in prompts:  # group k renders while group k+1 is sampled
+                done = self.policy.sample(prompt, self.group_size, self.grpo.max_new_tokens,
+                                          self.grpo.temperature, self.grpo.top_p)
+                groups.append(GroupSamples(prompt, done))
+                lengths.append(float(done.mask.sum(1).mean()))
+                entropies.append(done.entropy)
+                renders.add(self.policy.completion_tokens(done.ids, done.mask), prompt)
         stats = {"completion_length": float(np.mean(lengths)),
                  "entropy": float(np.mean(entropies))}
         return Rollout(prompts, audio, self.group_size, data=groups, stats=stats)
@@ -179,15 +178,15 @@ def speak(policy: SpeechLMPolicy, prompts: Sequence[Prompt], seeds: Sequence[int
     """Held-out audio: ``samples_per_prompt`` renders per prompt, each prompt's drawn from its
     own seed inside a forked RNG (the training stream is untouched). ``rlaif eval`` calls it
     on the base and the trained policy with the same seeds: paired samples."""
-    audio = []
+    audio: list[np.ndarray] = []
     devices = [policy.device] if policy.device.type == "cuda" else []
-    for prompt, seed in zip(prompts, seeds, strict=True):
-        with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(seed)
-            done = policy.sample(prompt, samples_per_prompt, grpo.max_new_tokens,
-                                 grpo.temperature, GREEDY_TOP_P if greedy else grpo.top_p)
-        audio += [policy.render(tokens, prompt)
-                  for tokens in policy.completion_tokens(done.ids, done.mask)]
+    with RenderQueue(policy.render, policy.render_in_threads, audio) as renders:
+        for prompt, seed in zip(prompts, seeds, strict=True):
+            with torch.random.fork_rng(devices=devices):
+                torch.manual_seed(seed)
+                done = policy.sample(prompt, samples_per_prompt, grpo.max_new_tokens,
+                                     grpo.temperature, GREEDY_TOP_P if greedy else grpo.top_p)
+            renders.add(policy.completion_tokens(done.ids, done.mask), prompt)
     return audio
 
 

@@ -26,7 +26,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Self
+from typing import ClassVar, Self
 
 import numpy as np
 import torch
@@ -136,6 +136,9 @@ class SpeechLMPolicy(ABC):
     model: torch.nn.Module
     pad_id: int
     stop_id: int
+    render_in_threads: ClassVar[bool] = False
+    """``render`` waits on work outside Python (a subprocess): several samples may render at
+    once in threads (trainer/rendering.py). Leave False for torch decoders."""
 
     def __init__(self, model: torch.nn.Module, finetune: str, lora: LoraSpec,
                  gradient_checkpointing: bool = False, lora_scope: str | None = None) -> None:
