@@ -64,7 +64,9 @@ def test_guard_stops_a_run_whose_reward_pays_for_silence(
     spec = load_job(REPO / "examples" / "quickstart-cpu.yaml").spec
     spec.rewards = [r for r in spec.rewards if r.name == "naturalness"]
     spec.rewards[0].name, spec.rewards[0].weight = "silence", 1.0
-    spec.steps, spec.checkpoint.every_steps = 8, 4
+    # Whisper's scores vary a little with how a batch is composed (timing), so the rule fires
+    # at step 6 or 8: room after it, to see that the run stops there.
+    spec.steps, spec.checkpoint.every_steps = 12, 4
     spec.grpo.learning_rate, spec.grpo.kl_coef = 2e-2, 0.0
     spec.evaluation = EvaluationSpec(
         prompts=str(heldout), every_steps=2, samples_per_prompt=2, best_metric="heard",
