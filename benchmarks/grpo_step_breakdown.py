@@ -1,7 +1,8 @@
 """Step-time breakdown of GRPO on this machine, printed as one table.
 
 Rows: the quickstart (prosody-lm + espeak-ng) with reward scoring overlapped with
-generation and without, and a tiny codec-lm (random Llama + DAC) with overlap. The reward
+generation and without, the quickstart rendering one sample at a time (as before
+trainer/rendering.py), and a tiny codec-lm (random Llama + DAC) with overlap. The reward
 servers are the quickstart's real ones (Whisper tiny.en, acoustic judge, DNSMOS), started
 as local processes exactly as ``rlaif run`` starts them. The first step of each run is
 left out of the means (warm-up).
@@ -25,6 +26,7 @@ from rlaif.runner import start_reward_servers, wait_ready
 from rlaif.trainer.distributed import free_port, init_distributed
 from rlaif.trainer.grpo_algorithm import build_algorithm
 from rlaif.trainer.loop import TrainingLoop, seed_everything
+from rlaif.trainer.policies.prosody_lm import ProsodyLM
 from rlaif.trainer.policies.tiny import write_tiny_model_dirs
 
 REPO = Path(__file__).resolve().parent.parent
@@ -59,8 +61,9 @@ def main() -> None:
         wait_ready(servers, endpoints, 600)
         rows = []
         cases = [("quickstart prosody-lm", True), ("quickstart prosody-lm", False),
-                 ("tiny codec-lm", True)]
+                 ("prosody-lm inline render", True), ("tiny codec-lm", True)]
         for i, (name, overlap) in enumerate(cases):
+            ProsodyLM.render_in_threads = name != "prosody-lm inline render"
             spec = job.spec.model_copy(deep=True)
             spec.steps, spec.checkpoint.every_steps = args.steps, 10**6
             spec.evaluation = None  # the training step's breakdown only
