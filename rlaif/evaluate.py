@@ -109,9 +109,7 @@ def evaluate(job_path: Path, checkpoint: str, prompts_arg: str | None, out: Path
                 audio = render_side(job, spec, prompts, source)
                 for (i, j), wave in zip(keys, audio, strict=True):
                     write_wav(out / "audio" / side / f"p{i:03d}-s{j}.wav", wave)
-                scores = client.score([ScoreItem(id=f"{side}-{i}-{j}", audio=wave,
-                                                 text=prompts[i].text,
-                                                 labels=dict(prompts[i].labels))
+                scores = client.score([ScoreItem.for_prompt(f"{side}-{i}-{j}", wave, prompts[i])
                                        for (i, j), wave in zip(keys, audio, strict=True)])
                 sides[side] = sample_rows(keys, texts, heldout_scores(scores.per_reward,
                                                                       weights), scores.details)

@@ -29,6 +29,7 @@ import numpy as np
 from rlaif.audio import encode_pcm16
 from rlaif.config import RewardEndpoint
 from rlaif.constants import REWARD_MAX_ITEMS, SAMPLE_RATE
+from rlaif.data import Prompt
 from rlaif.reward_replicas import Replicas
 
 log = logging.getLogger(__name__)
@@ -45,6 +46,15 @@ class ScoreItem:
     text: str = ""
     labels: dict[str, str] = field(default_factory=dict)
     reference_audio: np.ndarray | None = None  # for speaker similarity (same sample rate)
+
+    @classmethod
+    def for_prompt(cls, id: str, audio: np.ndarray, prompt: Prompt) -> ScoreItem:
+        """A rendering of ``prompt``: its text, labels and voice prompt (the reference audio
+        a similarity reward compares with), in training, held-out evaluation and rlaif eval
+        alike."""
+        voice = prompt.reference.waveform() if prompt.reference is not None else None
+        return cls(id=id, audio=audio, text=prompt.text, labels=dict(prompt.labels),
+                   reference_audio=voice)
 
     def to_wire(self) -> dict[str, Any]:
         """The item as the contract's JSON object (audio as base64 pcm16)."""

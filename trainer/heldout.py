@@ -108,8 +108,7 @@ class HeldOutEvaluation:
                                           [sample_seed(self.spec.seed, i) for i in mine], n,
                                           self.spec.sampling == "greedy")
         keys = [(i, j) for i in mine for j in range(n)]
-        items = [ScoreItem(id=f"eval{step}-{i}-{j}", audio=wave, text=self.prompts[i].text,
-                           labels=dict(self.prompts[i].labels))
+        items = [ScoreItem.for_prompt(f"eval{step}-{i}-{j}", wave, self.prompts[i])
                  for (i, j), wave in zip(keys, audio, strict=True)]
         scores = self.client.score(items)
         parts = all_gather_objects((keys, audio, scores.per_reward, scores.details))

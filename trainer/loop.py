@@ -129,11 +129,8 @@ class RewardCollector:
         self.seen = 0
 
     def __call__(self, index: int, audio: np.ndarray) -> None:
-        prompt = self.prompts[index // self.group_size]
-        voice = prompt.reference.waveform() if prompt.reference is not None else None
-        self.pending.append(ScoreItem(id=f"{self.prefix}{index}", audio=audio,
-                                      text=prompt.text, labels=dict(prompt.labels),
-                                      reference_audio=voice))
+        self.pending.append(ScoreItem.for_prompt(f"{self.prefix}{index}", audio,
+                                                 self.prompts[index // self.group_size]))
         self.seen += 1
         if self.overlap and len(self.pending) == self.group_size:
             self.flush()

@@ -18,6 +18,7 @@ import pytest
 from aiohttp import web
 
 from rlaif.config import RewardEndpoint
+from rlaif.data import Prompt
 from rlaif.reward_client import RewardClient, ScoreItem
 from rlaif.reward_replicas import expand
 from tests.integration.reward_support import SENTENCE, free_port, running_server, speak
@@ -186,3 +187,19 @@ def items_scored(url: str) -> float:
     with urllib.request.urlopen(url + "/metrics", timeout=10) as resp:
         lines = resp.read().decode().splitlines()
     return float(next(x for x in lines if x.startswith(ITEMS_SCORED + " ")).split()[1])
+
+
+def test_a_voice_prompt_goes_with_every_rendering_of_it(tmp_path) -> None:
+    import soundfile as sf
+
+    from rlaif.data import VoiceReference
+
+    voice = speak(SENTENCE, rate=160)
+    sf.write(tmp_path / "ref.wav", voice, 16000)
+    prompt = Prompt(SENTENCE, dict(LABELS), VoiceReference(tmp_path / "ref.wav", SENTENCE))
+    item = ScoreItem.for_prompt("s0", voice[:1600], prompt)
+    assert (item.text, item.labels) == (SENTENCE, LABELS)
+    assert item.reference_audio is not None
+    np.testing.assert_allclose(item.reference_audio, voice, atol=1e-4)  # 16-bit WAV
+    assert "reference" in item.to_wire()
+    assert ScoreItem.for_prompt("s1", voice, Prompt(SENTENCE)).reference_audio is None
