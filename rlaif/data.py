@@ -24,6 +24,9 @@ from rlaif.api.labels import DIMENSIONS, LabelSchema
 
 log = logging.getLogger(__name__)
 
+MAX_REFERENCE_SECONDS = 60.0
+"""A voice prompt is a few seconds of speech; longer files would only cost memory."""
+
 
 @dataclass(frozen=True)
 class VoiceReference:
@@ -68,6 +71,15 @@ def parse_reference(obj: object, base: Path) -> VoiceReference:
     audio = base / obj["audio"]
     if not audio.is_file():
         raise ValueError(f"reference.audio: {audio} is not a file")
+    import soundfile as sf
+
+    try:  # the header only: a bad file fails here, not in the middle of a run
+        seconds = sf.info(str(audio)).duration
+    except (RuntimeError, sf.LibsndfileError) as exc:
+        raise ValueError(f"reference.audio: {audio} is not readable audio ({exc})") from None
+    if not 0 < seconds <= MAX_REFERENCE_SECONDS:
+        raise ValueError(f"reference.audio: {audio} lasts {seconds:.1f} s; a voice prompt "
+                         f"must be longer than 0 and at most {MAX_REFERENCE_SECONDS} s")
     return VoiceReference(audio, text.strip())
 
 

@@ -172,3 +172,36 @@ def test_usage_errors_name_the_flag(argv: tuple[str, ...], message: str) -> None
 def test_good_flags_have_no_usage_errors() -> None:
     assert usage_errors(parse("--endpoint", "https://api.openai.com/v1", "--model", "gpt-4o")) \
         == []
+
+
+LABELS = {"structure": "Question", "emotion": "Confused", "speechRate": "Slow",
+          "intonation": "Interrogative"}
+
+
+@pytest.mark.parametrize(("content", "seconds", "message"), [
+    (b"not a wav file at all", 0, r"p\.jsonl:1: reference\.audio: .*ref\.wav is not readable"),
+    (None, 0.0, r"p\.jsonl:1: reference\.audio: .*lasts 0\.0 s"),
+    (None, 61.0, r"p\.jsonl:1: reference\.audio: .*lasts 61\.0 s; .* at most 60\.0 s"),
+    (None, 2.0, None)])
+def test_a_voice_prompt_must_be_short_readable_audio(tmp_path: Path, content: bytes | None,
+                                                      seconds: float, message: str | None
+                                                      ) -> None:
+    import numpy as np
+    import soundfile as sf
+
+    from rlaif.data import load_prompts
+
+    ref = tmp_path / "ref.wav"
+    if content is None:
+        sf.write(ref, np.zeros(int(seconds * 16000), dtype=np.float32), 16000)
+    else:
+        ref.write_bytes(content)
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text(json.dumps({"text": "Is it?", "labels": LABELS,
+                                   "reference": {"audio": "ref.wav", "text": "hi"}}) + "\n")
+    if message is None:
+        (prompt,) = load_prompts(prompts)
+        assert prompt.reference is not None and prompt.reference.audio == ref
+    else:
+        with pytest.raises(PromptFileError, match=message):
+            load_prompts(prompts)
