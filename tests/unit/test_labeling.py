@@ -174,10 +174,6 @@ def test_good_flags_have_no_usage_errors() -> None:
         == []
 
 
-LABELS = {"structure": "Question", "emotion": "Confused", "speechRate": "Slow",
-          "intonation": "Interrogative"}
-
-
 @pytest.mark.parametrize(("content", "seconds", "message"), [
     (b"not a wav file at all", 0, r"p\.jsonl:1: reference\.audio: .*ref\.wav is not readable"),
     (None, 0.0, r"p\.jsonl:1: reference\.audio: .*lasts 0\.0 s"),
@@ -197,7 +193,7 @@ def test_a_voice_prompt_must_be_short_readable_audio(tmp_path: Path, content: by
     else:
         ref.write_bytes(content)
     prompts = tmp_path / "p.jsonl"
-    prompts.write_text(json.dumps({"text": "Is it?", "labels": LABELS,
+    prompts.write_text(json.dumps({"text": "Is it?", "labels": LABELS,  # the module's
                                    "reference": {"audio": "ref.wav", "text": "hi"}}) + "\n")
     if message is None:
         (prompt,) = load_prompts(prompts)
