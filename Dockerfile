@@ -58,8 +58,15 @@ ENTRYPOINT ["rlaif", "operator"]
 
 # --------------------------------------------------------------------------- CUDA + Python
 FROM ${CUDA_IMAGE} AS cuda-python
+ARG VERSION=0.1.0
+ARG REVISION=""
 ARG PIP_INSTALL_ARGS=""
 ARG TORCH_VERSION
+# The labels the trainer and reward images share; each adds its title and description.
+LABEL org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.revision="${REVISION}" \
+      org.opencontainers.image.licenses="Apache-2.0" \
+      org.opencontainers.image.source="https://github.com/rlaif-operator/rlaif-operator"
 # espeak-ng: the prosody-lm policy speaks through it; sox/libsndfile: audio I/O. apt-get runs
 # only for what the base lacks: the offline base (make base-image) has them all. POSIX sh:
 # buildah's OCI format ignores SHELL.
@@ -80,16 +87,10 @@ RUN --mount=type=bind,source=wheelhouse,target=/wheelhouse \
 
 # --------------------------------------------------------------------------- trainer
 FROM cuda-python AS trainer
-ARG VERSION=0.1.0
-ARG REVISION=""
 ARG PIP_INSTALL_ARGS=""
 ARG TORCH_VERSION
 LABEL org.opencontainers.image.title="rlaif-trainer" \
-      org.opencontainers.image.description="DeepSpeed GRPO/DLPO trainer and the labeller" \
-      org.opencontainers.image.version="${VERSION}" \
-      org.opencontainers.image.revision="${REVISION}" \
-      org.opencontainers.image.licenses="Apache-2.0" \
-      org.opencontainers.image.source="https://github.com/rlaif-operator/rlaif-operator"
+      org.opencontainers.image.description="DeepSpeed GRPO/DLPO trainer and the labeller"
 COPY --from=wheel /wheels/ /usr/share/rlaif/
 COPY images/trainer.lock /usr/share/rlaif/requirements.lock
 # hadolint ignore=SC2086
@@ -104,16 +105,10 @@ CMD ["train", "--config", "/etc/rlaif/trainer.yaml"]
 
 # --------------------------------------------------------------------------- reward
 FROM cuda-python AS reward
-ARG VERSION=0.1.0
-ARG REVISION=""
 ARG PIP_INSTALL_ARGS=""
 ARG TORCH_VERSION
 LABEL org.opencontainers.image.title="rlaif-reward" \
-      org.opencontainers.image.description="Batched reward-model servers (asr, judge, mos, speaker)" \
-      org.opencontainers.image.version="${VERSION}" \
-      org.opencontainers.image.revision="${REVISION}" \
-      org.opencontainers.image.licenses="Apache-2.0" \
-      org.opencontainers.image.source="https://github.com/rlaif-operator/rlaif-operator"
+      org.opencontainers.image.description="Batched reward-model servers (asr, judge, mos, speaker)"
 COPY --from=wheel /wheels/ /usr/share/rlaif/
 COPY images/reward.lock /usr/share/rlaif/requirements.lock
 # hadolint ignore=SC2086
