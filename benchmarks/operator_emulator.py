@@ -2,10 +2,10 @@
 
 kmock's KubernetesEmulator (by kopf's author) stores objects, serves list/watch/patch and
 discovery. This module fills the gaps a real API server would not have (see
-shared/reference/offline-assets.md): server-set metadata (uid, resourceVersion,
+shared/reference/offline-assets.md): server-set metadata (uid, a rising resourceVersion,
 creationTimestamp, generation), ``kind`` on lists, and declared resources with the verbs
 kopf and kubectl need. It runs no controllers and no garbage collector: tests drive pod,
-Job and Deployment status themselves.
+Job and Deployment status themselves (the benchmark lets it roll Deployments out at once).
 
 The real operator runs as a subprocess (``rlaif operator``) and the real kubectl talks to the
 same server, both through a kubeconfig written here.
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import os
 import re
 import subprocess
@@ -22,7 +23,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal, NamedTuple, TypeVar
@@ -66,6 +67,8 @@ SHORT_NAMES = {c.JOB_KIND: [c.JOB_SHORT], c.SERVER_KIND: [c.SERVER_SHORT]}
 CLUSTER_SCOPED = {"CustomResourceDefinition", "Namespace", "ValidatingWebhookConfiguration"}
 
 T = TypeVar("T")
+ObjectKey = tuple[Any, str | None, str]
+"""kmock's key of a stored object: (resource, namespace, name)."""
 
 
 class Call(NamedTuple):
@@ -78,6 +81,14 @@ class Call(NamedTuple):
     subresource: str
     namespace: str
     name: str
+
+
+class Created(NamedTuple):
+    """When an object was stored (time.monotonic() in this process) and its controller."""
+
+    at: float
+    owner: tuple[str, str] | None
+    """(kind, name) of its controller ownerReference."""
 
 
 class Emulator(kmock.KubernetesEmulator):  # type: ignore[misc]
@@ -96,6 +107,15 @@ class Emulator(kmock.KubernetesEmulator):  # type: ignore[misc]
     refusals: dict[tuple[str, str, str], kmock.KubernetesError]
     """(verb, plural, namespace) -> the error to answer instead: what a ResourceQuota, an
     admission webhook or a validation error would say (tests of error reporting)."""
+    created: dict[tuple[str, str | None, str], Created]
+    """Every object created, by (plural, namespace, name): the benchmark's latencies."""
+    version = 0
+    """The last resourceVersion given out."""
+    _writes: asyncio.Lock
+    instant_rollout = False
+    """Act as the Deployment controller of a cluster whose pods start at once: right after a
+    Deployment is created, its status says every replica is ready (a separate update and
+    watch event, as from the real controller), so jobs go on to their trainer Jobs."""
 
     async def _handle(self, request: kmock.Request) -> Any:
         # kmock matches each request against views over its whole request log, which makes
@@ -115,34 +135,72 @@ class Emulator(kmock.KubernetesEmulator):  # type: ignore[misc]
                 (RBAC_VERBS[request.action.value], res.plural or "", request.namespace or "")))):
             raise refusal
         data = request.data if isinstance(request.data, dict) else None
-        if data is not None and request.action == kmock.action.CREATE:
-            meta = data.setdefault("metadata", {})
+        write = data is not None and request.action in (kmock.action.CREATE,
+                                                        kmock.action.UPDATE)
+        # One write at a time, so resourceVersions rise in the order the writes are stored.
+        async with self._writes if write else contextlib.nullcontext():
+            if data is not None and write:
+                self._server_metadata(request, data)
+            try:
+                response = await super()._handle(request)
+            finally:
+                if (request.action == kmock.action.UPDATE and request.resource is not None
+                        and request.name is not None):
+                    # kmock keeps every version of every object; keep the latest only.
+                    key = (request.resource, request.namespace, request.name)
+                    if key in self.objects:
+                        del self.objects[key].history[:-1]
+        if data is not None and request.action == kmock.action.CREATE and res is not None:
+            self._record_creation(res, data)
+        return response
+
+    def _server_metadata(self, request: kmock.Request, data: dict[str, Any]) -> None:
+        """What the API server sets on a create or a (merge-)patch: name from generateName,
+        uid, creationTimestamp, generation (bumped by a spec change) and a resourceVersion
+        that rises with every write, as etcd's revision does."""
+        meta = data.setdefault("metadata", {})
+        self.version += 1
+        meta["resourceVersion"] = str(self.version)
+        if request.action == kmock.action.CREATE:
             if not meta.get("name") and meta.get("generateName"):
                 meta["name"] = meta["generateName"] + uuid.uuid4().hex[:5]
             meta.setdefault("uid", str(uuid.uuid4()))
             meta.setdefault("creationTimestamp",
                             datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"))
             meta.setdefault("generation", 1)
-            # Constant: kopf's JSON patches test it, and kmock cannot bump it atomically.
-            meta["resourceVersion"] = "1"
             if request.namespace and not meta.get("namespace"):
                 meta["namespace"] = request.namespace
-        elif (data is not None and request.action == kmock.action.UPDATE
-              and "spec" in data and request.subresource in (None, "scale")
+        elif ("spec" in data and request.subresource in (None, "scale")
               and request.resource is not None and request.name is not None):
             key = (request.resource, request.namespace, request.name)
             if key in self.objects and not (stored := self.objects[key]).deleted:
-                generation = (stored.get("metadata") or {}).get("generation", 1)
-                data.setdefault("metadata", {})["generation"] = generation + 1
-        try:
-            return await super()._handle(request)
-        finally:
-            if (request.action == kmock.action.UPDATE and request.resource is not None
-                    and request.name is not None):
-                # kmock keeps every version of every object; keep the latest only.
-                key = (request.resource, request.namespace, request.name)
-                if key in self.objects:
-                    del self.objects[key].history[:-1]
+                meta["generation"] = (stored.get("metadata") or {}).get("generation", 1) + 1
+
+    def _record_creation(self, resource: Any, data: dict[str, Any]) -> None:
+        meta = data.get("metadata") or {}
+        key: ObjectKey = (resource, meta.get("namespace"), str(meta.get("name")))
+        if key not in self.objects or self.objects[key].deleted:
+            return  # refused
+        owner = next(((r.get("kind", ""), r.get("name", ""))
+                      for r in meta.get("ownerReferences") or [] if r.get("controller")), None)
+        self.created[(resource.plural, meta.get("namespace"), meta["name"])] = Created(
+            time.monotonic(), owner)
+        if self.instant_rollout and resource.plural == "deployments":
+            asyncio.get_running_loop().create_task(self._roll_out(key))
+
+    async def _roll_out(self, key: ObjectKey) -> None:
+        """What the Deployment controller writes once every pod is ready."""
+        async with self._writes, self._lock:
+            if key not in self.objects or (obj := self.objects[key]).deleted:
+                return
+            replicas = (obj.get("spec") or {}).get("replicas", 1)
+            self.version += 1
+            obj.patch({"metadata": {"resourceVersion": str(self.version)}, "status": {
+                "observedGeneration": (obj.get("metadata") or {}).get("generation", 1),
+                "replicas": replicas, "updatedReplicas": replicas,
+                "readyReplicas": replicas, "availableReplicas": replicas}})
+            del obj.history[:-1]
+            await self._buses[key[0]].put({"type": "MODIFIED", "object": obj.raw})
 
     def _calls(self, request: kmock.Request) -> list[Call]:
         """The request as RBAC authorises it, plus the ``update`` of an owner's finalizers that
@@ -163,15 +221,67 @@ class Emulator(kmock.KubernetesEmulator):  # type: ignore[misc]
                                   request.namespace or "", ref["name"]))
         return calls
 
+    # kmock finds the object of a fetch, create, update or delete by scanning every stored
+    # object, which makes each request cost O(objects) (minutes at 1,000 jobs); these look it
+    # up by its key instead, answering as kmock does. Nothing awaits between the lookup and
+    # the answer, so kmock's lock is not needed.
+
+    def _stored(self, request: kmock.Request, namespace: str | None, name: str | None) -> Any:
+        if request.resource is None or name is None:
+            raise kmock.KubernetesObjectNotFoundError()
+        key: ObjectKey = (request.resource, namespace, name)
+        if key not in self.objects:
+            raise kmock.KubernetesObjectNotFoundError()
+        return self.objects[key]
+
     async def _serve_fetch(self, request: kmock.Request) -> Any:
-        obj = await super()._serve_fetch(request)
-        assert isinstance(obj, dict)  # kmock serves an object as its raw dict
-        return _table(request, [obj]) or _scale_view(request, obj)
+        obj = self._stored(request, request.namespace, request.name)
+        if obj.deleted:
+            raise kmock.KubernetesObjectNotFoundError()
+        return _table(request, [obj.raw]) or _scale_view(request, obj.raw)
+
+    async def _serve_create(self, request: kmock.Request) -> Any:
+        meta = (request.data or {}).get("metadata") or {}
+        return self._stored(request, request.namespace or meta.get("namespace"),
+                            request.name or meta.get("name")).raw
 
     async def _serve_update(self, request: kmock.Request) -> Any:
-        obj = await super()._serve_update(request)
-        assert isinstance(obj, dict)  # kmock serves an object as its raw dict
-        return _scale_view(request, obj)
+        obj = self._stored(request, request.namespace, request.name)
+        return _scale_view(request, obj.last.raw)
+
+    async def _serve_delete(self, request: kmock.Request) -> Any:
+        return self._stored(request, request.namespace, request.name).last.raw
+
+    async def _serve_watch(self, request: kmock.Request) -> AsyncIterator[Any]:
+        """kmock's watch without its gap: kmock sends the stored objects and only then
+        subscribes to changes, losing whatever was written while it sent them (a job created
+        then was not seen until the watch was renewed, minutes later). Here the subscription
+        is taken under the store's lock, with the snapshot."""
+        yield b""  # the headers, at once
+        assert request.resource is not None  # kmock watches known resources only (else 404)
+        bus = self._buses[request.resource]
+        async with self._lock:  # every write publishes its event under this lock
+            mark = await bus.mark()
+            events = [{"type": "ADDED", "object": obj.raw}
+                      for key, obj in self.objects.items()
+                      if self._watched(request, key[0], key[1], key[2]) and not obj.deleted]
+        try:
+            for event in events:
+                yield event
+            async for event in bus.stream(since=mark):
+                meta = (event.get("object") or {}).get("metadata") or {}
+                if self._watched(request, request.resource, meta.get("namespace"),
+                                 meta.get("name")):
+                    yield event
+        finally:
+            await bus.unmark(mark)
+
+    @staticmethod
+    def _watched(request: kmock.Request, resource: Any, namespace: str | None,
+                 name: str | None) -> bool:
+        return bool(resource == request.resource
+                    and request.namespace in (None, namespace)
+                    and request.name in (None, name))
 
     async def _serve_list(self, request: kmock.Request) -> Any:
         listed = await super()._serve_list(request)
@@ -268,6 +378,8 @@ class EmulatedCluster:
             emulator.operator_verbs = collections.Counter()
             emulator.operator_resources = collections.Counter()
             emulator.refusals = {}
+            emulator.created = {}
+            emulator._writes = asyncio.Lock()
             declare(emulator)
             self.emulator, self.url = emulator, str(server.url).rstrip("/")
             self._ready.set()
@@ -308,10 +420,13 @@ class EmulatedCluster:
     def env(self, **extra: str) -> dict[str, str]:
         return {**os.environ, "KUBECONFIG": str(self.kubeconfig), **extra}
 
-    def client(self) -> Kube:
+    def client(self, pool: int | None = None) -> Kube:
+        """A client of the emulator; ``pool``: connections kept, for that many threads."""
         config = kubernetes.client.Configuration()
         kubernetes.config.load_kube_config(config_file=str(self.kubeconfig),
                                            client_configuration=config)
+        if pool is not None:
+            config.connection_pool_maxsize = pool
         return Kube(kubernetes.client.ApiClient(config))
 
     def kubectl(self, *args: str, check: bool = True, stdin: str | None = None,

@@ -33,6 +33,10 @@ def key_of(obj: Manifest) -> Key:
     return meta.get("namespace"), meta["name"]
 
 
+def _labels(obj: Manifest | None) -> list[tuple[str, str]]:
+    return list((((obj or {}).get("metadata") or {}).get("labels") or {}).items())
+
+
 class Informer:
     """The objects of one kind matching ``labels`` (and ``fields``), kept current by list and
     watch. Stored objects are replaced, never mutated, so readers may hold them."""
@@ -48,6 +52,9 @@ class Informer:
         self.synced = threading.Event()
         self._listed: set[str | None] = set()
         self._store: dict[Key, Manifest] = {}
+        self._by_label: dict[tuple[str, str], set[Key]] = {}
+        """The keys of the stored objects carrying each label: a select reads the objects of
+        its rarest label, not every object of the kind (1,000 jobs' worth on every visit)."""
         self._lock = threading.Lock()
 
     def _wanted(self, obj: Manifest) -> bool:
@@ -78,7 +85,12 @@ class Informer:
 
     def select(self, namespace: str | None, labels: dict[str, str]) -> list[Manifest]:
         with self._lock:
-            objs = list(self._store.values())
+            if labels:
+                keys = min((self._by_label.get(item, set()) for item in labels.items()),
+                           key=len)
+                objs = [self._store[k] for k in keys]
+            else:
+                objs = list(self._store.values())
         return [o for o in objs if matches(o, labels)
                 and (namespace is None or o["metadata"].get("namespace") == namespace)]
 
@@ -89,8 +101,11 @@ class Informer:
     def put(self, obj: Manifest) -> None:
         """What this process just wrote: later reads see it, and it is handled as a change
         now (the watch event that confirms it then finds nothing new, so a write must not
-        hide the change from the handler)."""
-        if obj.get("metadata", {}).get("name") and self._wanted(obj):
+        hide the change from the handler). Unless the watch was faster and already stored a
+        newer version (a controller's status update right after our create): going back to
+        ours would lose that change until the next resync."""
+        if (obj.get("metadata", {}).get("name") and self._wanted(obj)
+                and not self.older_than_stored(obj)):
             self._apply(obj, key_of(obj))
 
     def remove(self, namespace: str | None, name: str) -> None:
@@ -102,10 +117,17 @@ class Informer:
         """Store ``obj`` under ``key`` (None deletes) and report a real change."""
         with self._lock:
             old = self._store.get(key)
+            for item in _labels(old):
+                if (keys := self._by_label.get(item)) is not None:
+                    keys.discard(key)
+                    if not keys:
+                        del self._by_label[item]
             if obj is None:
                 self._store.pop(key, None)
             else:
                 self._store[key] = obj
+                for item in _labels(obj):
+                    self._by_label.setdefault(item, set()).add(key)
         if old != obj and self.on_change is not None:
             try:
                 self.on_change(old, obj)

@@ -9,6 +9,9 @@ any pod fails, so every rank resumes from the same newest checkpoint.
 
 from __future__ import annotations
 
+import hashlib
+import threading
+
 from rlaif import constants as c
 from rlaif.api.models import RewardServer, RewardServerSpec, RLAIFJob, RLAIFJobSpec
 from rlaif.config import RewardEndpoint, TrainerConfig
@@ -116,15 +119,38 @@ def _labels(job: RLAIFJob, component: str) -> dict[str, str]:
     return meta.labels(component, job.metadata.name, **{c.LABEL_JOB: job.metadata.name})
 
 
+CONFIG_CACHE_SIZE = 4096
+"""Jobs whose rendered config files are kept (a few KiB each), oldest out first."""
+_config_files: dict[str, tuple[str, str]] = {}
+_config_lock = threading.Lock()
+
+
+def _rendered_config(job: RLAIFJob) -> tuple[str, str]:
+    """(trainer.yaml, labels.yaml) of ``job``, rendered once per spec of the job (they
+    depend on its name, namespace and spec only, not on its status): YAML rendering was most
+    of a reconciliation's CPU, and every visit rendered the same again."""
+    key = hashlib.sha256(f"{job.metadata.namespace}/{job.metadata.name}/"
+                         f"{job.spec.model_dump_json()}".encode()).hexdigest()
+    with _config_lock:
+        if (files := _config_files.get(key)) is not None:
+            return files
+    files = (trainer_config(job).dump(), label_schema_yaml(job.spec.label_schema))
+    with _config_lock:
+        if len(_config_files) >= CONFIG_CACHE_SIZE:
+            del _config_files[next(iter(_config_files))]  # the oldest
+        _config_files[key] = files
+    return files
+
+
 def build_config_map(job: RLAIFJob) -> Manifest:
     """trainer.yaml (what ``rlaif train`` reads) and the label schema for ``rlaif label``."""
+    trainer_yaml, labels_yaml = _rendered_config(job)
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
         "metadata": meta.metadata(config_name(job), job.metadata.namespace,
                                   _labels(job, "config")),
-        "data": {c.CONFIG_FILE: trainer_config(job).dump(),
-                 LABELS_FILE: label_schema_yaml(job.spec.label_schema)},
+        "data": {c.CONFIG_FILE: trainer_yaml, LABELS_FILE: labels_yaml},
     }
 
 

@@ -142,6 +142,20 @@ def test_trainer_config_wires_reward_services() -> None:
     assert servers == {"llasa-grpo-intelligibility", "llasa-grpo-similarity"}
 
 
+def test_the_rendered_config_follows_every_change_of_the_job() -> None:
+    """The operator renders a job's config files once per version of the job (the YAML
+    costs more than the rest of a reconciliation): a change must never get the old files."""
+    job = _job("llasa-grpo")
+    first = jb.build_config_map(job)["data"]
+    assert jb.build_config_map(job.model_copy(deep=True))["data"] == first
+    reweighted = job.model_copy(deep=True)
+    reweighted.spec.rewards[0].weight += 0.25
+    cfg = TrainerConfig.model_validate(
+        yaml.safe_load(jb.build_config_map(reweighted)["data"][c.CONFIG_FILE]))
+    assert cfg.spec.rewards[0].weight == job.spec.rewards[0].weight + 0.25
+    assert jb.build_config_map(job)["data"] == first
+
+
 def test_trainer_job_is_an_indexed_gang_with_rendezvous_env() -> None:
     job = _job("llasa-grpo")
     body = jb.build_trainer_job(job, attempt=1, deadline_seconds=60)

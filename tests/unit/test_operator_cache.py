@@ -136,3 +136,41 @@ def test_a_watch_event_older_than_a_write_does_not_replace_it() -> None:
     assert informer.older_than_stored(version("a", "11"))
     assert not informer.older_than_stored(version("a", "13"))
     assert not informer.older_than_stored(version("b", "1"))
+
+
+def test_a_write_older_than_the_watched_version_does_not_replace_it() -> None:
+    """A Deployment's controller may update it (ready) before our create's answer is put:
+    the cache keeps the newer version, and no change is reported for the older one."""
+    changes: list[tuple[object, object]] = []
+    informer = Informer(None, "apps/v1", "Deployment",  # type: ignore[arg-type]  # no API used
+                        on_change=lambda old, new: changes.append((old, new)))
+    ready = {"metadata": {"name": "d", "namespace": "n", "resourceVersion": "8"},
+             "status": {"readyReplicas": 1}}
+    informer._apply(ready, ("n", "d"))  # what the watch delivers
+    informer.put({"metadata": {"name": "d", "namespace": "n", "resourceVersion": "7"}})
+    assert informer.get("n", "d") == ready
+    assert changes == [(None, ready)]
+    newer = {"metadata": {"name": "d", "namespace": "n", "resourceVersion": "9"}}
+    informer.put(newer)
+    assert informer.get("n", "d") == newer
+
+
+def test_a_select_follows_label_changes_and_deletions() -> None:
+    """The label index behind select() is kept with every change, put and removal."""
+    informer = Informer(None, "batch/v1", "Job")  # type: ignore[arg-type]  # no API used
+
+    def job(name: str, ns: str = "n", **labels: str) -> dict[str, object]:
+        return {"metadata": {"name": name, "namespace": ns, "labels": labels}}
+
+    def names(ns: str | None, **labels: str) -> set[str]:
+        return {o["metadata"]["name"] for o in informer.select(ns, labels)}
+
+    informer.put(job("a", job="x", component="trainer"))
+    informer.put(job("b", job="y", component="trainer"))
+    informer.put(job("c", "m", job="x", component="trainer"))
+    assert names("n", job="x", component="trainer") == {"a"}
+    assert names(None, job="x") == {"a", "c"} and names("n") == {"a", "b"}
+    informer.put(job("a", job="y", component="trainer"))  # relabelled
+    assert names("n", job="x") == set() and names("n", job="y") == {"a", "b"}
+    informer.remove("n", "b")
+    assert names("n", component="trainer") == {"a"} and names("n", job="z") == set()
