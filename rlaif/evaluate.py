@@ -1,11 +1,12 @@
 """``rlaif eval JOB.yaml --checkpoint DIR|base [--prompts FILE] --out DIR``: did the speech
 get better?
 
-Renders the held-out prompts with the base policy and with a trained checkpoint, from the
-same seeds (paired samples), scores both on the job's rewards and evaluators (reward
-servers started the way ``rlaif run`` starts them), and writes ``eval.json``, the audio
-files and ``report.html``: a self-contained listening report with each metric's paired
-change and its confidence interval.
+Renders the held-out prompts with the base policy and with a trained checkpoint (GRPO: a
+LoRA adapter or a full fine-tune; DLPO: a WaveGrad 2 model) through the sampler training's
+held-out evaluation uses, from the same seeds (paired samples), scores both on the job's
+rewards and evaluators (reward servers started the way ``rlaif run`` starts them), and
+writes ``eval.json``, the audio files and ``report.html``: a self-contained listening
+report with each metric's paired change and its confidence interval.
 """
 
 from __future__ import annotations
@@ -52,26 +53,69 @@ def evaluation_spec(job: RLAIFJob, prompts: str | None) -> EvaluationSpec:
     return spec.model_copy(update={"prompts": prompts}) if prompts else spec
 
 
-def adapter_dir(checkpoint: Path) -> Path:
-    """The adapter in a run's output folder (adapter/), in best/, or the folder itself."""
-    for candidate in (checkpoint / "adapter", checkpoint / "best" / "adapter", checkpoint):
-        if (candidate / "adapter_config.json").exists():
+EXPECTED = {
+    "grpo": "a LoRA adapter (adapter_config.json) or a full or merged model (config.json and "
+            "*.safetensors)",
+    "dlpo": "a WaveGrad 2 model (config.json and model.safetensors)",
+}
+"""What a trained policy's folder holds, per spec.algorithm (what the trainer saves)."""
+
+
+def holds_policy(folder: Path, algorithm: str) -> bool:
+    """Whether ``folder`` is a policy as spec.algorithm's trainer saves it."""
+    if algorithm == "dlpo":
+        from rlaif.trainer.wavegrad2.modeldir import CONFIG_FILE, WEIGHTS_FILE
+
+        return (folder / CONFIG_FILE).is_file() and (folder / WEIGHTS_FILE).is_file()
+    from transformers.utils import CONFIG_NAME
+
+    from rlaif.trainer.heldout import ADAPTER_CONFIG
+
+    return (folder / ADAPTER_CONFIG).is_file() or (
+        (folder / CONFIG_NAME).is_file() and any(folder.glob("*.safetensors")))
+
+
+def trained_dir(checkpoint: Path, algorithm: str) -> Path:
+    """The trained policy in a run's output folder (adapter/, which a full fine-tune fills
+    with the whole model), in its best/ (best/adapter/), or the folder itself."""
+    from rlaif.trainer.heldout import BEST_DIR
+
+    if not checkpoint.is_dir():
+        raise RunError(f"--checkpoint {checkpoint}: no such folder (give a run's output "
+                       f"folder, a policy folder or {BASE})", EXIT_INVALID)
+    for candidate in (checkpoint / "adapter", checkpoint / BEST_DIR / "adapter", checkpoint):
+        if holds_policy(candidate, algorithm):
             return candidate
-    raise RunError(f"--checkpoint {checkpoint}: no LoRA adapter (adapter_config.json) here, in "
-                   f"adapter/ or in best/adapter/", EXIT_INVALID)
+    raise RunError(f"--checkpoint {checkpoint}: no trained policy here, in adapter/ or in "
+                   f"{BEST_DIR}/adapter/; expected {EXPECTED[algorithm]} for spec.algorithm "
+                   f"{algorithm}", EXIT_INVALID)
 
 
-def render_side(job: RLAIFJob, spec: EvaluationSpec, prompts: list, adapter: Path | None
+def render_side(job: RLAIFJob, spec: EvaluationSpec, prompts: list, trained: Path | None
                 ) -> list[np.ndarray]:
-    """One side's held-out audio: the policy with ``adapter`` (None: base), seeded per
-    prompt."""
-    from rlaif.trainer.grpo_algorithm import speak
-    from rlaif.trainer.heldout import policy_at
-
-    policy = policy_at(job.spec.policy, adapter)
+    """One side's held-out audio, from the sampler training's held-out evaluation uses: the
+    policy at ``trained`` (None: the base), each prompt from its own seed."""
     seeds = [sample_seed(spec.seed, i) for i in range(len(prompts))]
-    return speak(policy, prompts, seeds, spec.samples_per_prompt, spec.sampling == "greedy",
-                 job.spec.grpo)
+    n = spec.samples_per_prompt
+    try:
+        if job.spec.algorithm == "dlpo":
+            import torch
+
+            from rlaif import modelref
+            from rlaif.trainer.dlpo import speak as diffuse
+            from rlaif.trainer.wavegrad2.modeldir import load_model
+
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+            net = load_model(trained or modelref.resolve(job.spec.policy.model), device)
+            steps = net.config.schedule.transitions(job.spec.dlpo.denoising_steps)
+            return diffuse(net, steps, prompts, seeds, n)
+        from rlaif.trainer.grpo_algorithm import speak
+        from rlaif.trainer.heldout import policy_at
+
+        policy = policy_at(job.spec.policy, trained)
+    except (ValueError, FileNotFoundError) as exc:
+        raise RunError(f"rlaif eval: {exc}", EXIT_INVALID) from None
+    return speak(policy, prompts, seeds, n, spec.sampling == "greedy", job.spec.grpo)
 
 
 def evaluate(job_path: Path, checkpoint: str, prompts_arg: str | None, out: Path) -> Record:
@@ -80,9 +124,6 @@ def evaluate(job_path: Path, checkpoint: str, prompts_arg: str | None, out: Path
     from rlaif.trainer.audio import write_wav
 
     job = prepare_job(job_path, None, None)
-    if job.spec.algorithm != "grpo":
-        raise RunError(f"rlaif eval: spec.algorithm {job.spec.algorithm} is not supported yet "
-                       f"(autoregressive policies only)", EXIT_INVALID)
     spec = evaluation_spec(job, prompts_arg)
     path = Path(spec.prompts)
     path = path if path.is_absolute() or prompts_arg else job_path.resolve().parent / path
@@ -90,7 +131,8 @@ def evaluate(job_path: Path, checkpoint: str, prompts_arg: str | None, out: Path
         prompts = load_prompts(path, job.spec.label_schema)
     except PromptFileError as exc:
         raise RunError(f"rlaif eval: {exc}", EXIT_INVALID) from None
-    trained = None if checkpoint == BASE else adapter_dir(Path(checkpoint))
+    trained = (None if checkpoint == BASE
+               else trained_dir(Path(checkpoint), job.spec.algorithm))
     out.mkdir(parents=True, exist_ok=True)
     children: list[Child] = []
     try:

@@ -32,6 +32,10 @@ class Rollout:
     """Algorithm-private tensors (token ids, log-probs, denoising chains, ...)."""
     stats: dict[str, float] = field(default_factory=dict)
     """Rollout figures for the metrics log (completion length, entropy, ...)."""
+    staleness: int = 0
+    """Policy updates since these samples were drawn (set by the loop): 0 on-policy, 1 when
+    spec.grpo.asyncRollouts sampled them ahead; the update then takes pi_old from the
+    sampling log-probs kept in ``data``."""
 
 
 AudioSink = Callable[[int, np.ndarray], None]

@@ -141,6 +141,31 @@ def recorded_penalty(chains: Chains) -> torch.Tensor:
     return chains.reference_penalty
 
 
+# --------------------------------------------------------------------------- held-out audio
+
+
+def playable(wave: np.ndarray, rate: int) -> np.ndarray:
+    """A chain's audio at the reward servers' rate; silence for a diverged chain (the
+    update leaves it out, ``drop_diverged``; NaN samples cannot be sent or written)."""
+    if not np.isfinite(wave).all():
+        wave = np.zeros_like(wave)
+    return resample(wave, rate, SAMPLE_RATE)
+
+
+def speak(net: WaveGrad2, transitions: list[tuple[float, float]], prompts: Sequence[Prompt],
+          seeds: Sequence[int], samples_per_prompt: int) -> list[np.ndarray]:
+    """Held-out audio: ``samples_per_prompt`` chains per prompt, each prompt's from its own
+    seeded generator (the training generator is untouched). ``rlaif eval`` calls it on the
+    base and the trained model with the same seeds: paired samples."""
+    audio = []
+    for prompt, seed in zip(prompts, seeds, strict=True):
+        ids = symbol_ids(net.config, phonemize(prompt.text))
+        chains = sample_chains(net, ids, samples_per_prompt, transitions,
+                               torch.Generator().manual_seed(seed))
+        audio += [playable(w, net.config.sample_rate) for w in chains.audio.cpu().numpy()]
+    return audio
+
+
 # --------------------------------------------------------------------------- policy set-up
 
 
@@ -231,7 +256,7 @@ class DLPOAlgorithm:
                                    self.generator, reference)
             groups.append(chains)
             for wave in chains.audio.cpu().numpy():
-                wave16 = self._playable(wave)
+                wave16 = playable(wave, self.net.config.sample_rate)
                 if on_audio is not None:
                     on_audio(len(audio), wave16)
                 audio.append(wave16)
@@ -241,22 +266,9 @@ class DLPOAlgorithm:
 
     def synthesize(self, prompts: Sequence[Prompt], seeds: Sequence[int],
                    samples_per_prompt: int, greedy: bool) -> list[np.ndarray]:
-        """Held-out chains from their own seeded generators (``greedy`` has no meaning for a
-        diffusion chain: it is always sampled)."""
-        audio = []
-        for prompt, seed in zip(prompts, seeds, strict=True):
-            ids = symbol_ids(self.net.config, phonemize(prompt.text))
-            chains = sample_chains(self.net, ids, samples_per_prompt, self.transitions,
-                                   torch.Generator().manual_seed(seed))
-            audio += [self._playable(w) for w in chains.audio.cpu().numpy()]
-        return audio
-
-    def _playable(self, wave: np.ndarray) -> np.ndarray:
-        """A chain's audio at the reward servers' rate; silence for a diverged chain (the
-        update leaves it out, ``drop_diverged``; NaN samples cannot be sent or written)."""
-        if not np.isfinite(wave).all():
-            wave = np.zeros_like(wave)
-        return resample(wave, self.net.config.sample_rate, SAMPLE_RATE)
+        """Held-out chains (``greedy`` has no meaning for a diffusion chain: it is always
+        sampled)."""
+        return speak(self.net, self.transitions, prompts, seeds, samples_per_prompt)
 
     # ------------------------------------------------------------------ update
 

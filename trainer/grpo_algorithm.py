@@ -100,14 +100,14 @@ class GRPOAlgorithm:
         temperature = self.grpo.temperature
         with torch.no_grad():
             ref = self._reference_logprobs(groups)
-            old = ([self.policy.logprobs(g.prompt, g.completions.ids, temperature)
-                    for g in groups] if self.grpo.inner_iterations > 1 else None)
+            old = self._old_logprobs(rollout)
         totals: dict[str, float] = {"loss": 0.0, "kl": 0.0, "clip_fraction": 0.0}
         n, drift = 0, 0.0
         for iteration in range(self.grpo.inner_iterations):
             for b, g in enumerate(groups):
                 logp = self.policy.logprobs(g.prompt, g.completions.ids, temperature)
-                if iteration == 0:  # still the sampling policy: its log-probs, recomputed
+                if iteration == 0:  # the sampling policy's log-probs, recomputed (or, on a
+                    # rollout sampled ahead, how far one update moved them)
                     drift = max(drift, g.completions.drift(logp))
                 old_logp = old[b] if old is not None else logp.detach()
                 loss, part = grpo_loss(logp, old_logp, None if ref is None else ref[b],
@@ -130,6 +130,19 @@ class GRPOAlgorithm:
         with torch.no_grad():
             return float(sum(p.detach().double().pow(2).sum()
                              for p in self.policy.trainable_parameters()) ** 0.5)
+
+    def _old_logprobs(self, rollout: Rollout) -> list[torch.Tensor] | None:
+        """pi_old of the clipped ratio, per group. A rollout drawn before the last update
+        (spec.grpo.asyncRollouts) keeps its sampling log-probs: the ratio then corrects for
+        the policy having moved. On-policy, the current weights' log-probs when inner
+        iterations move them, else None (the update's own log-probs, detached: ratio 1)."""
+        groups: list[GroupSamples] = rollout.data
+        if rollout.staleness:
+            return [g.completions.logprobs for g in groups]
+        if self.grpo.inner_iterations > 1:
+            return [self.policy.logprobs(g.prompt, g.completions.ids, self.grpo.temperature)
+                    for g in groups]
+        return None
 
     def _reference_logprobs(self, groups: list[GroupSamples]) -> list[torch.Tensor] | None:
         if self.loss_cfg.kl_coef == 0:

@@ -89,6 +89,10 @@ class HeldOutEvaluation:
         self.base_train = next((r.get("reward_mean") for r in previous
                                 if r.get("step") == 1 and "kind" not in r), None)
         """The first step's training reward: the base policy's (check_guard)."""
+        last = max((int(r["step"]) for r in self.rows), default=-1)
+        for record in previous:  # a resume: the steps since the last evaluation still count
+            if "kind" not in record and record.get("step", 0) > last:
+                self.observe(record)
 
     def due(self, step: int) -> bool:
         return step == 0 or step % self.spec.every_steps == 0 or step == self.total_steps
@@ -101,7 +105,11 @@ class HeldOutEvaluation:
                 self.base_train = float(record["reward_mean"])
 
     def run(self, step: int) -> Verdict:
-        """Evaluate the policy as it is after ``step`` (a collective: every rank calls it)."""
+        """Evaluate the policy as it is after ``step`` (a collective: every rank calls it).
+        An evaluation already in metrics.jsonl is not repeated (a run that crashed before its
+        first checkpoint starts again at step 0, whose base evaluation is there): no row."""
+        if all_gather_objects(any(r["step"] == step for r in self.rows))[0]:  # rank 0's rows
+            return Verdict(None)
         mine = list(range(self.ctx.rank, len(self.prompts), self.ctx.world_size))
         n = self.spec.samples_per_prompt
         audio = self.algorithm.synthesize([self.prompts[i] for i in mine],
@@ -166,9 +174,16 @@ def export_best(algorithm: Algorithm, out: Path, step: int, is_main: bool) -> No
     shutil.rmtree(old, ignore_errors=True)
 
 
-def policy_at(spec: PolicySpec, adapter: Path | None, device: str | None = None) -> Any:
-    """The spec's autoregressive policy with an adapter's LoRA weights (None: the base), for
-    inference: ``rlaif eval``'s two sides and the best checkpoint's merged export."""
+ADAPTER_CONFIG = "adapter_config.json"
+"""A LoRA adapter folder's marker (peft's save_pretrained); a full or merged model folder
+holds config.json and the weights instead."""
+
+
+def policy_at(spec: PolicySpec, trained: Path | None, device: str | None = None) -> Any:
+    """The spec's autoregressive policy with a trained checkpoint's weights (None: the base),
+    for inference: ``rlaif eval``'s two sides and the best checkpoint's merged export.
+    ``trained`` is a LoRA adapter folder or a full model folder (what a ``finetune: full``
+    run saves as adapter/ and best/adapter/, or a merged/ export)."""
     import torch
     from peft import load_peft_weights, set_peft_model_state_dict
 
@@ -176,11 +191,31 @@ def policy_at(spec: PolicySpec, adapter: Path | None, device: str | None = None)
     from rlaif.trainer.policies import load_policy
 
     where = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    lora = trained is not None and (trained / ADAPTER_CONFIG).is_file()
+    if trained is not None:  # the network the checkpoint's weights fit
+        spec = spec.model_copy(update={"finetune": "lora" if lora else "full"})
     policy = load_policy(spec, where, compute_dtype(spec.dtype))
-    if adapter is not None:
-        set_peft_model_state_dict(policy.model, load_peft_weights(str(adapter)))
+    if lora:
+        set_peft_model_state_dict(policy.model, load_peft_weights(str(trained)))
+    elif trained is not None:
+        load_full_weights(policy.model, trained)
     policy.model.eval()
     return policy
+
+
+def load_full_weights(model: Any, folder: Path) -> None:
+    """A full model folder's weights into ``model`` (the base network, built by its policy
+    with the tokenizer, codec and settings the folder lacks), read by transformers itself so
+    shards, tied weights and renamed keys load as they were saved."""
+    try:
+        saved = type(model).from_pretrained(str(folder), dtype=model.dtype)
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{folder}: not a model folder transformers can load ({exc})") from None
+    try:
+        model.load_state_dict(saved.state_dict())
+    except RuntimeError as exc:
+        raise ValueError(f"{folder}: its weights do not fit spec.policy.model "
+                         f"({str(exc).splitlines()[0]})") from None
 
 
 def merge_best(spec: RLAIFJobSpec, out: Path) -> None:

@@ -9,6 +9,12 @@ algorithm leaves it out of its group's statistics; a step where more than half t
 what is left is too little to train on), and its record says so. A stop request (SIGTERM,
 SIGINT, or a STOP file in the output directory) ends the run after the current step with a
 checkpoint; every rank agrees on it.
+
+With spec.grpo.asyncRollouts: 1, step t also rolls out step t+1's prompts right after its
+own rollout, on the same weights, so step t+1's sampling, rendering and scoring overlap step
+t's reward wait and update; step t+1 then trains on samples one update old (staleness 1).
+That rollout is not checkpointed: a resumed run samples it again, on-policy, from the same
+prompts (which prompts a step trains on depends only on the step number).
 """
 
 from __future__ import annotations
@@ -27,12 +33,12 @@ import torch
 
 from rlaif.config import TrainerConfig
 from rlaif.data import Prompt, load_prompts
-from rlaif.reward_client import RewardClient, RewardScores, ScoreItem
-from rlaif.trainer.algorithm import Algorithm
+from rlaif.reward_client import RewardClient, RewardScores, ScoreItem, weighted_total
+from rlaif.trainer.algorithm import Algorithm, Rollout
 from rlaif.trainer.audio import write_wav
 from rlaif.trainer.checkpoint import Checkpoints
 from rlaif.trainer.distributed import DistContext, all_any, all_gather_objects
-from rlaif.trainer.evaluation import metric, metric_names
+from rlaif.trainer.evaluation import Hacking, metric, metric_names
 from rlaif.trainer.heldout import (
     BEST_DIR,
     HeldOutEvaluation,
@@ -141,11 +147,29 @@ class RewardCollector:
             self.pending = []
 
     def result(self, audio: Sequence[np.ndarray]) -> RewardScores:
-        """All scores in rollout order (samples the algorithm never handed over sent now)."""
+        """All scores in rollout order (samples the algorithm never handed over sent now),
+        totalled with the weights of now: requests sent a step ahead follow a weight change."""
         for i in range(self.seen, len(audio)):
             self(i, audio[i])
         self.flush()
-        return RewardScores.concat([f.result() for f in self.futures])
+        scores = RewardScores.concat([f.result() for f in self.futures])
+        scores.total = weighted_total(self.client.weights, scores.per_reward)
+        return scores
+
+    def cancel(self) -> None:
+        """Drop the requests still in flight (a rollout sampled ahead that will not train)."""
+        for future in self.futures:
+            future.cancel()
+
+
+@dataclass
+class PendingRollout:
+    """A rollout whose reward requests are in flight, and the policy it was drawn from."""
+
+    rollout: Rollout
+    collector: RewardCollector
+    version: int
+    """The loop's update count when it was sampled: staleness is the count at training."""
 
 
 def numeric_detail_means(scores: RewardScores) -> dict[str, float]:
@@ -286,6 +310,10 @@ class TrainingLoop:
         self.tensorboard: TensorBoardLog | None = None
         self.heldout: HeldOutEvaluation | None = None
         self.last_checkpoint = 0
+        self.ahead = self.spec.grpo.async_rollouts if self.spec.algorithm == "grpo" else 0
+        self.updates = 0
+        """Policy updates this process has made (what a rollout's staleness counts)."""
+        self.prefetched: PendingRollout | None = None
 
     # ------------------------------------------------------------------ run
 
@@ -300,9 +328,16 @@ class TrainingLoop:
         if self.spec.evaluation is not None:
             self.heldout = HeldOutEvaluation(self.config, self.ctx, self.algorithm,
                                              self.metrics.records() if self.metrics else [])
+            if self.exporter is not None and self.heldout.rows:  # a resume: /metrics keeps
+                last = self.heldout.rows[-1]                      # the restored best
+                self.exporter.update_eval(last, self.heldout.best,
+                                          [Hacking(**h) for h in last.get("hacking", [])])
         try:
-            if self.heldout is not None and start == 0:
-                self._evaluate(0)  # the base policy: what every later evaluation pairs with
+            if self.heldout is not None and self.heldout.due(start):
+                # Step 0: the base policy, what every later evaluation pairs with. A resume
+                # at a due step: its row is missing if the run died between the checkpoint
+                # and the row (run() skips a step already recorded).
+                self._evaluate(start)
             for step in range(start + 1, self.spec.steps + 1):
                 record = self.step(step)
                 verdict = self._evaluate_after(step, record)
@@ -329,6 +364,9 @@ class TrainingLoop:
             self.finish()
             return EXIT_OK
         finally:
+            if self.prefetched is not None:  # stopped early: sampled again on resume
+                self.prefetched.collector.cancel()
+                self.prefetched = None
             for closing in (self.exporter, self.tensorboard, self.heldout):
                 if closing is not None:
                     closing.close()
@@ -358,12 +396,14 @@ class TrainingLoop:
         if (weights := self.weights.changed()) is not None:
             log.info("step %d: reward weights changed to %s", step, weights)
             self.client.set_weights(weights)
-        prompts = self.sampler.batch(step)
-        collector = RewardCollector(self.client, prompts, self.group_size, step,
-                                    self.ctx.rank, self.overlap)
-        rollout = self.algorithm.rollout(prompts, on_audio=collector)
+        pending = self.prefetched or self._roll_out(step)
+        # asyncRollouts: the next step's samples, on the weights this step starts from
+        self.prefetched = (self._roll_out(step + 1) if self.ahead and step < self.spec.steps
+                           else None)
+        rollout = pending.rollout
+        rollout.staleness = self.updates - pending.version
         t1 = time.perf_counter()
-        scores = collector.result(rollout.audio)
+        scores = pending.collector.result(rollout.audio)
         rewards = StepRewards.gather(scores)
         t2 = time.perf_counter()
         if rewards.too_few_scorable():  # every rank sees the same figures: all skip together
@@ -375,8 +415,11 @@ class TrainingLoop:
         else:
             update = {"skipped": 0.0, **self.algorithm.update(rollout, scores.total),
                       "skipped_unscorable": 0.0}
+        if not update["skipped"]:
+            self.updates += 1
         t3 = time.perf_counter()
         local = {**rollout.stats, **update, **numeric_detail_means(scores),
+                 "staleness": float(rollout.staleness),
                  "time_generate": t1 - t0, "time_reward_wait": t2 - t1, "time_update": t3 - t2}
         if self.ctx.is_main and step in (1, self.spec.steps):
             self._write_samples(step, rollout, scores)
@@ -387,6 +430,15 @@ class TrainingLoop:
                       samples_per_second=len(scores.total) * self.ctx.world_size / seconds,
                       last_checkpoint_step=self.last_checkpoint)
         return record
+
+    def _roll_out(self, step: int) -> PendingRollout:
+        """Sample ``step``'s prompts on the current weights, sending each group to the reward
+        servers as soon as it is rendered."""
+        prompts = self.sampler.batch(step)
+        collector = RewardCollector(self.client, prompts, self.group_size, step,
+                                    self.ctx.rank, self.overlap)
+        return PendingRollout(self.algorithm.rollout(prompts, on_audio=collector), collector,
+                              self.updates)
 
     def _write_samples(self, step: int, rollout: Any, scores: RewardScores) -> None:
         describe = getattr(self.algorithm, "describe", None)

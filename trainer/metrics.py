@@ -43,6 +43,8 @@ GAUGES = {
     "rlaif_last_checkpoint_step": ("last_checkpoint_step", "Step of the newest checkpoint."),
     "rlaif_reward_unscorable": ("reward_unscorable", "Share of the last step's samples that "
                                                      "could not be scored (NaN total)."),
+    "rlaif_rollout_staleness": ("staleness", "Policy updates between sampling the last "
+                                             "step's rollout and training on it (0 or 1)."),
     "rlaif_update_skipped": ("skipped", "1 when the last step did not update the policy (no "
                                         "reward spread, or mostly unscorable samples)."),
 }
@@ -131,6 +133,9 @@ class PrometheusExporter:
         self.hacking = Gauge("rlaif_reward_hacking", "1 while a reward-hacking guard rule is "
                              "broken (the message label holds the figures).",
                              ["metric", "rule", "message"], registry=self.registry)
+        for unset in (self.eval_step, self.eval_score, self.eval_best_step):
+            unset.set(math.nan)  # not 0: until this process evaluates, the operator keeps the
+            # status it has (a resumed run's best so far), and a run without one shows none
         self.server, self.thread = start_http_server(port, registry=self.registry)
 
     def update(self, record: Record) -> None:

@@ -491,6 +491,11 @@ class GRPOSpec(Model):
     temperature: float = Field(1.0, gt=0, le=100, description="Sampling temperature.")
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling threshold.")
     max_new_tokens: int = Field(1024, ge=1, le=100_000, description="Longest generated sequence.")
+    async_rollouts: int = Field(
+        0, ge=0, le=1, description="Rollouts generated ahead of the update: 0 on-policy; 1 "
+        "samples step t+1 on the weights before step t's update, while step t is scored and "
+        "trained (one step off-policy: the clipped ratio uses the sampling log-probs as "
+        "pi_old). More than 1 is not supported.")
 
 
 class DLPOSpec(Model):

@@ -120,6 +120,9 @@ def job_rule_errors(job: RLAIFJob) -> list[FieldError]:
             and spec.dlpo.diffusion_loss_coef > 0 and not spec.data.ground_truth):
         errors.append(FieldError("spec.data.groundTruth", "dlpo's diffusion loss needs "
                                  "ground-truth text/audio pairs (or set diffusionLossCoef: 0)"))
+    if spec.algorithm == "dlpo" and spec.grpo.async_rollouts:
+        errors.append(FieldError("spec.grpo.asyncRollouts", "one-step-off rollouts are for grpo "
+                                 "only; dlpo trains on-policy (remove it or set 0)"))
     if (spec.grpo.clip_epsilon_high is not None
             and spec.grpo.clip_epsilon_high < spec.grpo.clip_epsilon):
         errors.append(FieldError("spec.grpo.clipEpsilonHigh", "must be >= clipEpsilon"))

@@ -189,3 +189,31 @@ def test_sigterm_on_one_node_checkpoints_the_whole_gang_which_resumes(
     assert [p.wait(timeout=300) for p in nodes] == [0, 0], log.read_text()[-3000:]
     assert steps_logged(out) == [1, 2, 3], "the resumed gang continues at the next step"
     assert f"step-{stopped_at:08d}" in log.read_text()
+
+
+@pytest.mark.slow
+def test_async_rollouts_on_two_ranks_survive_sigkill_and_resume(
+        tmp_path: Path, endpoints: list[RewardEndpoint]) -> None:
+    """spec.grpo.asyncRollouts: 1 under ZeRO-2 on two ranks: the ranks stay in lockstep, a
+    SIGKILL loses the sampled-ahead rollout only, and the resumed run logs each step once,
+    its first step sampled again on-policy."""
+    config_path, config = write_config(tmp_path, endpoints, steps=3, ranks=2, zero=2)
+    ahead = TrainerConfig.load(config_path)
+    ahead.spec.grpo.async_rollouts, ahead.spec.grpo.group_size = 1, 2
+    config_path.write_text(ahead.dump())
+    out, log = Path(config.output_dir), tmp_path / "trainer.log"
+    proc = start_trainer(config_path, log)
+    try:
+        wait_for(lambda: 2 in steps_logged(out), 400, "step 2")  # step 3: sampled, in scoring
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    proc = start_trainer(config_path, log)
+    assert proc.wait(timeout=400) == 0, log.read_text()[-3000:]
+    records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2, 3]
+    resumed_at = 2 if "step-00000002 (step 2)" in log.read_text() else 3
+    assert f"step-{resumed_at:08d} (step {resumed_at})" in log.read_text()
+    assert [r["staleness"] for r in records] == [0.0 if s in (1, resumed_at + 1) else 1.0
+                                                 for s in range(1, 4)]
+    assert all(r["param_norm_spread"] == 0.0 for r in records)

@@ -17,7 +17,13 @@ from rlaif.config import RewardEndpoint, TrainerConfig
 from rlaif.data import Prompt
 from rlaif.trainer.algorithm import Rollout
 from rlaif.trainer.distributed import init_distributed
-from rlaif.trainer.dlpo import DLPOAlgorithm, apply_lora, build_algorithm, check_spec
+from rlaif.trainer.dlpo import (
+    DLPOAlgorithm,
+    apply_lora,
+    build_algorithm,
+    check_spec,
+    playable,
+)
 from rlaif.trainer.wavegrad2 import config as presets
 from rlaif.trainer.wavegrad2.corpus import write_espeak_corpus
 from rlaif.trainer.wavegrad2.model import WaveGrad2
@@ -194,5 +200,6 @@ def test_a_diverged_chain_is_silent_and_left_out_of_the_update(model_dir, tmp_pa
     after = weights(algo.net)
     assert all(torch.isfinite(p).all() for p in after.values())
     assert any(not torch.equal(p, before[n]) for n, p in after.items())
-    assert np.array_equal(algo._playable(np.full(160, np.nan, dtype=np.float32)),
+    assert np.array_equal(playable(np.full(160, np.nan, dtype=np.float32),
+                                   algo.net.config.sample_rate),
                           np.zeros(160, dtype=np.float32))

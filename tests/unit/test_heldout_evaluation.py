@@ -195,4 +195,6 @@ def test_rlaif_eval_refuses_what_it_cannot_compare_naming_the_option(
     assert "no spec.evaluation; give --prompts FILE" in capsys.readouterr().err
     assert main(["eval", str(EXAMPLES / "quickstart-cpu.yaml"), "--checkpoint",
                  str(tmp_path), "--out", out]) == EXIT_INVALID
-    assert f"--checkpoint {tmp_path}: no LoRA adapter" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert f"--checkpoint {tmp_path}: no trained policy here" in err
+    assert "expected a LoRA adapter (adapter_config.json) or a full or merged model" in err

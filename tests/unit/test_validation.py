@@ -72,6 +72,8 @@ INVALID = [
     (QUICKSTART, "spec.algorithm", "dlpo", "spec.policy.kind", "dlpo needs a diffusion"),
     (DLPO, "spec.algorithm", "grpo", "spec.policy.kind", "grpo needs an autoregressive"),
     (QUICKSTART, "spec.grpo.groupSize", 1, "spec.grpo.groupSize", "at least 2"),
+    (QUICKSTART, "spec.grpo.asyncRollouts", 2, "spec.grpo.asyncRollouts", "at most 1"),
+    (DLPO, "spec.grpo", {"asyncRollouts": 1}, "spec.grpo.asyncRollouts", "grpo only"),
     (QUICKSTART, "spec.policy.kind", "codec-lm", "spec.policy.codec", "required for codec-lm"),
     (QUICKSTART, "spec.policy.labelInstruction", True, "spec.policy.labelInstruction",
      "only used by codec-lm"),
