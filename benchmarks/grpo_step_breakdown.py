@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from rlaif.api.models import RLAIFJob, RLAIFJobSpec
 from rlaif.api.validation import load_job
 from rlaif.config import RewardEndpoint, TrainerConfig
 from rlaif.reward_client import RewardClient
@@ -50,6 +51,23 @@ def run_case(name: str, config: TrainerConfig, endpoints: list[RewardEndpoint],
     return row
 
 
+def bench_spec(job: RLAIFJob, steps: int) -> RLAIFJobSpec:
+    """The job's spec for a timing run: ``steps`` steps, no checkpoints or held-out
+    evaluations (the training step only), ZeRO stage 0 (one rank)."""
+    spec = job.spec.model_copy(deep=True)
+    spec.steps, spec.checkpoint.every_steps = steps, 10**6
+    spec.evaluation = None
+    spec.trainer.deepspeed.zero_stage = 0
+    return spec
+
+
+def bench_config(spec: RLAIFJobSpec, endpoints: list[RewardEndpoint], out: Path) -> TrainerConfig:
+    """The trainer's config for ``spec`` writing under ``out`` (data paths as in examples/)."""
+    return TrainerConfig(job_name="bench", spec=spec, rewards=endpoints,
+                         output_dir=str(out / "out"), checkpoint_dir=str(out / "ckpt"),
+                         metrics_port=free_port(), base_dir=str(REPO / "examples"))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=6)
@@ -64,20 +82,14 @@ def main() -> None:
                  ("prosody-lm inline render", True), ("tiny codec-lm", True)]
         for i, (name, overlap) in enumerate(cases):
             ProsodyLM.render_in_threads = name != "prosody-lm inline render"
-            spec = job.spec.model_copy(deep=True)
-            spec.steps, spec.checkpoint.every_steps = args.steps, 10**6
-            spec.evaluation = None  # the training step's breakdown only
-            spec.trainer.deepspeed.zero_stage = 0
+            spec = bench_spec(job, args.steps)
             if name.startswith("tiny codec-lm"):
                 write_tiny_model_dirs(tmp / "lm", tmp / "codec")
                 spec.policy = spec.policy.model_copy(update={
                     "kind": "codec-lm", "model": str(tmp / "lm"), "codec": str(tmp / "codec")})
                 spec.grpo.max_new_tokens = 200  # 100 frames of 2 codebooks: 0.2 s of audio
-            config = TrainerConfig(job_name="bench", spec=spec, rewards=endpoints,
-                                   output_dir=str(tmp / f"out{i}"),
-                                   checkpoint_dir=str(tmp / f"ckpt{i}"),
-                                   metrics_port=free_port(), base_dir=str(REPO / "examples"))
-            rows.append(run_case(name, config, endpoints, overlap))
+            rows.append(run_case(name, bench_config(spec, endpoints, tmp / f"run{i}"),
+                                 endpoints, overlap))
     finally:
         for s in servers:
             s.stop()
