@@ -331,6 +331,7 @@ def worker(args: argparse.Namespace) -> None:
     endpoints = [RewardEndpoint.model_validate(e) for e in json.loads(args.endpoints)]
     run = run_ours if args.worker == "ours" else run_trl
     load, job, audio = os.getloadavg()[0], load_job(JOB), count_audio()
+    job.spec.grpo.async_rollouts = args.async_rollouts  # ours only: TRL has no such mode
     step_s, phases = run(job, endpoints, args.steps, Path(args.result).parent)
     samples = job.spec.grpo.group_size * job.spec.grpo.batch_size
     result = RunResult(args.worker, args.workload, args.rep, step_s, samples / step_s, phases,
@@ -339,12 +340,13 @@ def worker(args: argparse.Namespace) -> None:
 
 
 def run_one(trainer: str, workload: str, rep: int, endpoints: list[RewardEndpoint],
-            steps: int, out: Path) -> RunResult:
+            steps: int, out: Path, async_rollouts: int) -> RunResult:
     result = out / f"{workload}-{trainer}-{rep}" / "result.json"
     result.parent.mkdir(parents=True)
     start = time.perf_counter()
     subprocess.run([sys.executable, __file__, "--worker", trainer, "--workload", workload,
                     "--rep", str(rep), "--steps", str(steps), "--result", str(result),
+                    "--async-rollouts", str(async_rollouts),
                     "--endpoints", json.dumps([e.model_dump() for e in endpoints])],
                    check=True, cwd=REPO)
     row = RunResult(**json.loads(result.read_text()))
@@ -384,6 +386,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=24)
     parser.add_argument("--reps", type=int, default=2)
     parser.add_argument("--workloads", default="cheap,real")
+    parser.add_argument("--async-rollouts", type=int, default=0, choices=[0, 1],
+                        help="this trainer's spec.grpo.asyncRollouts (TRL has no such mode)")
     parser.add_argument("--serve-stub", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--worker", choices=["ours", "trl"], help=argparse.SUPPRESS)
     parser.add_argument("--workload", help=argparse.SUPPRESS)
@@ -411,7 +415,8 @@ def main() -> None:
             wait_ready(servers, endpoints, 600)
             for rep in range(1, args.reps + 1):
                 for trainer in ("ours", "trl"):
-                    rows.append(run_one(trainer, workload, rep, endpoints, args.steps, out))
+                    rows.append(run_one(trainer, workload, rep, endpoints, args.steps, out,
+                                        args.async_rollouts))
         finally:
             for server in servers:
                 server.stop()
