@@ -33,6 +33,15 @@ def key_of(obj: Manifest) -> Key:
     return meta.get("namespace"), meta["name"]
 
 
+def _older(obj: Manifest, than: Manifest) -> bool:
+    """Whether ``obj`` is an older version than ``than``. resourceVersions are opaque, but
+    every API server in use issues increasing integers (etcd revisions): only those are
+    compared, anything else counts as newer."""
+    new = str(obj["metadata"].get("resourceVersion") or "")
+    have = str((than.get("metadata") or {}).get("resourceVersion") or "")
+    return have.isdigit() and new.isdigit() and int(new) < int(have)
+
+
 def _labels(obj: Manifest | None) -> list[tuple[str, str]]:
     return list((((obj or {}).get("metadata") or {}).get("labels") or {}).items())
 
@@ -104,8 +113,7 @@ class Informer:
         hide the change from the handler). Unless the watch was faster and already stored a
         newer version (a controller's status update right after our create): going back to
         ours would lose that change until the next resync."""
-        if (obj.get("metadata", {}).get("name") and self._wanted(obj)
-                and not self.older_than_stored(obj)):
+        if obj.get("metadata", {}).get("name") and self._wanted(obj):
             self._apply(obj, key_of(obj))
 
     def remove(self, namespace: str | None, name: str) -> None:
@@ -114,9 +122,14 @@ class Informer:
     # ---------------------------------------------------------------- list and watch
 
     def _apply(self, obj: Manifest | None, key: Key) -> None:
-        """Store ``obj`` under ``key`` (None deletes) and report a real change."""
+        """Store ``obj`` under ``key`` (None deletes) and report a real change; a version
+        older than the stored one is dropped. The check and the store are one step under the
+        lock: a watch event and a worker's ``put`` of its own write race, and the older of
+        the two stored last would stay until the next relist (minutes), no event to come."""
         with self._lock:
             old = self._store.get(key)
+            if obj is not None and old is not None and _older(obj, old):
+                return
             for item in _labels(old):
                 if (keys := self._by_label.get(item)) is not None:
                     keys.discard(key)
@@ -162,19 +175,8 @@ class Informer:
                 return
             if kind not in ("ADDED", "MODIFIED", "DELETED") or not obj.get("metadata"):
                 continue
-            if kind != "DELETED" and self.older_than_stored(obj):
-                continue  # this process already stored a newer version (put)
             keep = kind != "DELETED" and self._wanted(obj)
             self._apply(obj if keep else None, key_of(obj))
-
-    def older_than_stored(self, obj: Manifest) -> bool:
-        """Whether ``obj`` is older than the stored version. resourceVersions are opaque, but
-        every API server in use issues increasing integers (etcd revisions): only those are
-        compared, anything else counts as newer."""
-        stored = self.get(*key_of(obj))
-        have = str(((stored or {}).get("metadata") or {}).get("resourceVersion") or "")
-        new = str(obj["metadata"].get("resourceVersion") or "")
-        return have.isdigit() and new.isdigit() and int(new) < int(have)
 
     def run(self, namespace: str | None, stop: threading.Event) -> None:
         """List ``namespace`` (None: all), then watch until the stream ends; again until

@@ -95,15 +95,21 @@ def _conflict(kube: Session, body: Manifest, kind: str, exc: OwnershipConflict,
 
 
 def _events(old: list[dict[str, Any]], new: list[dict[str, Any]]) -> list[tuple[str, str, str]]:
-    out = []
+    """One Event per (type, reason) among the conditions that changed: transitions that share
+    a reason (Ready=False and RewardsReady=False, both RewardsNotReady) are one Event naming
+    both ("Ready=False, RewardsReady=False: waiting for ..."), not one API request each."""
+    merged: dict[tuple[str, str], dict[str, list[str]]] = {}
     for cond in conditions.transitions(old, new):
         bad = (cond["type"] in (c.COND_FAILED, c.COND_REWARD_HACKING)
                and cond["status"] == "True") or (
             cond["type"] == c.COND_READY and cond["status"] == "False"
             and cond["reason"] not in WAITING_REASONS)
-        out.append(("Warning" if bad else "Normal", cond["reason"] or cond["type"],
-                    f"{cond['type']}={cond['status']}: {cond['message']}"))
-    return out
+        key = ("Warning" if bad else "Normal", cond["reason"] or cond["type"])
+        merged.setdefault(key, {}).setdefault(cond["message"], []).append(
+            f"{cond['type']}={cond['status']}")
+    return [(type_, reason, "; ".join(f"{', '.join(changes)}: {message}"
+                                      for message, changes in by_message.items()))
+            for (type_, reason), by_message in merged.items()]
 
 
 # --------------------------------------------------------------------------- RLAIFJob

@@ -6,11 +6,10 @@ Pure functions from a validated RewardServer to child manifests; no API calls.
 
 from __future__ import annotations
 
-import yaml
-
 from rlaif import constants as c
 from rlaif.api.labels import LabelSchema
 from rlaif.api.models import RewardServer
+from rlaif.config import dump_yaml
 from rlaif.operator import meta
 from rlaif.operator.meta import Manifest
 
@@ -61,7 +60,7 @@ def uses_label_schema(server: RewardServer) -> bool:
 
 def label_schema_yaml(schema: LabelSchema) -> str:
     """A LabelSchema as the YAML file ``--label-schema`` reads."""
-    return yaml.safe_dump(schema.model_dump(by_alias=True), sort_keys=False)
+    return dump_yaml(schema.model_dump(by_alias=True))
 
 
 def build_label_config(server: RewardServer) -> Manifest | None:

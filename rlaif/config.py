@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import yaml
 from pydantic import Field
@@ -11,6 +12,14 @@ from pydantic import Field
 from rlaif import constants as c
 from rlaif.api.base import Model
 from rlaif.api.models import RewardKind, RLAIFJobSpec
+
+YAML_DUMPER = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+
+
+def dump_yaml(data: Any) -> str:
+    """``yaml.safe_dump`` in key order, through libyaml's emitter where PyYAML has it: the
+    same text about 4x faster, and the operator renders a config for every job it creates."""
+    return yaml.dump(data, Dumper=YAML_DUMPER, sort_keys=False)
 
 
 class RewardEndpoint(Model):
@@ -48,8 +57,7 @@ class TrainerConfig(Model):
         return p if p.is_absolute() or self.base_dir is None else Path(self.base_dir) / p
 
     def dump(self) -> str:
-        return yaml.safe_dump(self.model_dump(by_alias=True, exclude_none=True, mode="json"),
-                              sort_keys=False)
+        return dump_yaml(self.model_dump(by_alias=True, exclude_none=True, mode="json"))
 
     @classmethod
     def load(cls, path: Path) -> TrainerConfig:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 from datetime import datetime, timedelta, timezone
+from typing import Any
 
 from rlaif.operator import conditions, reconcile
 from rlaif.operator.handlers import watch_namespaces
@@ -126,16 +127,28 @@ def test_an_owned_server_follows_the_reward_but_keeps_its_replicas() -> None:
     assert (reconcile.server_spec_patch(stored, unscaled) or {}).get("autoscaling", 0) is None
 
 
-def test_a_watch_event_older_than_a_write_does_not_replace_it() -> None:
-    """What this process wrote (put) stays until the watch brings a newer version."""
-    informer = Informer(None, "v1", "ConfigMap")  # type: ignore[arg-type]  # no API used
-    informer.put({"metadata": {"name": "a", "namespace": "n", "resourceVersion": "12"}})
-    def version(name: str, rv: str) -> dict[str, object]:
+def test_a_watch_event_or_a_relist_older_than_a_write_does_not_replace_it() -> None:
+    """What this process wrote (put) stays until the watch brings a newer version: neither
+    the watch's older event nor a relist that was answered before the write takes it back."""
+    def version(name: str, rv: str) -> dict[str, Any]:
         return {"metadata": {"name": name, "namespace": "n", "resourceVersion": rv}}
 
-    assert informer.older_than_stored(version("a", "11"))
-    assert not informer.older_than_stored(version("a", "13"))
-    assert not informer.older_than_stored(version("b", "1"))
+    class Listing:  # the API's answer to the relist's GET (no API server in a unit test)
+        def request(self, method: str, url: str) -> dict[str, Any]:
+            return {"metadata": {"resourceVersion": "11"},
+                    "items": [version("a", "11"), version("b", "1")]}
+
+    changes: list[tuple[object, object]] = []
+    informer = Informer(Listing(), "v1", "ConfigMap",  # type: ignore[arg-type]
+                        on_change=lambda old, new: changes.append((old, new)))
+    informer.put(version("a", "12"))
+    informer._apply(version("a", "11"), ("n", "a"))  # the watch's event of an older write
+    informer._relist(None)
+    assert informer.get("n", "a") == version("a", "12")
+    assert informer.get("n", "b") == version("b", "1")
+    assert changes == [(None, version("a", "12")), (None, version("b", "1"))]
+    informer._apply(version("a", "13"), ("n", "a"))
+    assert informer.get("n", "a") == version("a", "13")
 
 
 def test_a_write_older_than_the_watched_version_does_not_replace_it() -> None:

@@ -15,7 +15,7 @@ from rlaif.api.models import RewardServer
 from rlaif.operator import admission, conditions, metrics
 from rlaif.operator.job_status import Limits, Observed, RewardState, plan
 from rlaif.operator.main import kopf_argv
-from rlaif.operator.reconcile import expired
+from rlaif.operator.reconcile import _events, expired
 from rlaif.operator.server_status import problem_of, server_status
 from rlaif.operator.settings import OperatorConfig
 from rlaif.operator.workloads import Problem, WorkloadState, pod_problem, summarize_job
@@ -135,6 +135,23 @@ def test_condition_transition_time_moves_only_when_status_flips() -> None:
     assert flipped[0]["lastTransitionTime"] == "2026-01-01T00:05:00Z"
     assert [x["type"] for x in conditions.transitions(conds, flipped)] == ["Ready"]
     assert conditions.transitions(flipped, flipped) == []
+
+
+def test_transitions_sharing_a_reason_are_one_event_naming_each() -> None:
+    waiting = "waiting for reward servers: asr 0/1 ready"
+    conds: list[dict[str, Any]] = []
+    for type_, value, reason, message in [
+            ("RewardsReady", False, "RewardsNotReady", waiting),
+            ("Ready", False, "RewardsNotReady", waiting),
+            ("ChildrenReady", True, "Synced", "every child exists"),
+            ("Failed", True, "RewardsNotReady", "gave up")]:
+        conds = conditions.set_condition(conds, type_, value, reason, message, T0)
+    assert _events([], conds) == [
+        ("Normal", "RewardsNotReady", f"RewardsReady=False, Ready=False: {waiting}"),
+        ("Normal", "Synced", "ChildrenReady=True: every child exists"),
+        ("Warning", "RewardsNotReady", "Failed=True: gave up")]
+    later = conditions.set_condition(conds, "Ready", False, "Starting", "trainers", T0)
+    assert _events(conds, later) == [("Normal", "Starting", "Ready=False: trainers")]
 
 
 # --------------------------------------------------------------------------- pods and Jobs
