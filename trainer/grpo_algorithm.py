@@ -1,9 +1,10 @@
 """GRPO on an autoregressive speech policy (prosody-lm, codec-lm, csm) under DeepSpeed.
 
-In pipeline order: sample G completions per prompt and render each one (handing its audio
-to the loop at once so scoring overlaps generation); then, given the rewards, group
-advantages, log-probs under the current and the reference policy (LoRA disabled), the
-clipped, KL-regularised loss, and one DeepSpeed optimizer step per inner iteration.
+In pipeline order: sample G completions per prompt (all prompts in one batch) and render
+each one (handing each group's audio to the loop at once so scoring overlaps rendering);
+then, given the rewards, group advantages, log-probs under the current and the reference
+policy (LoRA disabled), the clipped, KL-regularised loss, and one DeepSpeed optimizer step
+per inner iteration.
 """
 
 from __future__ import annotations
@@ -62,19 +63,19 @@ class GRPOAlgorithm:
     # ------------------------------------------------------------------ rollout
 
     def rollout(self, prompts: Sequence[Prompt], on_audio: AudioSink | None = None) -> Rollout:
-        groups, lengths, entropies = [], [], []
+        """All groups sampled at once (one batched decoding loop for token LMs), then each
+        group queued for rendering; its audio goes to ``on_audio`` as soon as it is ready."""
+        sampled = self.policy.sample_groups(prompts, self.group_size, self.grpo.max_new_tokens,
+                                            self.grpo.temperature, self.grpo.top_p)
         audio: list[np.ndarray] = []
         with RenderQueue(self.policy.render, self.policy.render_in_threads, audio,
                          on_audio) as renders:
-            for prompt in prompts:  # group k renders while group k+1 is sampled
-                done = self.policy.sample(prompt, self.group_size, self.grpo.max_new_tokens,
-                                          self.grpo.temperature, self.grpo.top_p)
-                groups.append(GroupSamples(prompt, done))
-                lengths.append(float(done.mask.sum(1).mean()))
-                entropies.append(done.entropy)
+            for prompt, done in zip(prompts, sampled, strict=True):
                 renders.add(self.policy.completion_tokens(done.ids, done.mask), prompt)
-        stats = {"completion_length": float(np.mean(lengths)),
-                 "entropy": float(np.mean(entropies))}
+        groups = [GroupSamples(p, c) for p, c in zip(prompts, sampled, strict=True)]
+        stats = {"completion_length": float(np.mean([float(c.mask.sum(1).mean())
+                                                      for c in sampled])),
+                 "entropy": float(np.mean([c.entropy for c in sampled]))}
         return Rollout(prompts, audio, self.group_size, data=groups, stats=stats)
 
     def synthesize(self, prompts: Sequence[Prompt], seeds: Sequence[int],

@@ -149,6 +149,52 @@ def test_logprobs_match_a_direct_forward_pass(policy: TokenLMPolicy) -> None:
     assert torch.allclose(direct * out.mask[0], out.logprobs[0], atol=1e-5)
 
 
+PROMPTS = [Prompt("Hi.", {"emotion": "Positive"}), PROMPT,
+           Prompt("No, it leaves from the other side", {"structure": "Statement"})]
+"""Prompts of different lengths: batched, the short ones are left-padded."""
+
+
+def test_batched_groups_sample_what_each_prompt_alone_would(policy: TokenLMPolicy) -> None:
+    lengths = {len(policy.encode_prompt(p)) for p in PROMPTS}
+    assert len(lengths) == len(PROMPTS)  # the padding is exercised
+    torch.manual_seed(4)
+    groups = policy.sample_groups(PROMPTS, 3, 10, temperature=0.8)
+    assert len(groups) == len(PROMPTS)
+    for prompt, out in zip(PROMPTS, groups, strict=True):
+        recomputed = policy.logprobs(prompt, out.ids, temperature=0.8)
+        assert torch.allclose(recomputed * out.mask, out.logprobs, atol=1e-5)
+        assert out.drift(recomputed) < 1e-5
+        allowed = allowed_tokens(policy, out.ids.shape[1])
+        assert out.mask[:, -1].any()  # cut to the group's own longest completion
+        for row, mask in zip(out.ids.tolist(), out.mask.tolist(), strict=True):
+            live = int(sum(mask))
+            assert mask == [1.0] * live + [0.0] * (len(mask) - live)
+            assert all(allowed[t, tok] for t, tok in enumerate(row[:live]))
+            assert policy.stop_id not in row[:live - 1]  # nothing sampled after a stop
+            assert row[live:] == [policy.pad_id] * (len(row) - live)
+            assert live == len(row) or row[live - 1] == policy.stop_id
+        assert out.entropy > 0
+
+
+def test_batched_greedy_decoding_equals_each_prompt_decoded_alone(policy: TokenLMPolicy) -> None:
+    """Greedy decoding follows the whole distribution's argmax at every step: padding,
+    masks or positions that leaked into a row would change its tokens."""
+    groups = policy.sample_groups(PROMPTS, 2, 10, top_p=1e-9)
+    for prompt, batched in zip(PROMPTS, groups, strict=True):
+        alone = policy.sample(prompt, 2, 10, top_p=1e-9)
+        assert torch.equal(batched.ids, alone.ids) and torch.equal(batched.mask, alone.mask)
+        assert torch.allclose(batched.logprobs, alone.logprobs, atol=1e-5)
+        assert batched.entropy == pytest.approx(alone.entropy, abs=1e-5)
+
+
+def test_policies_without_batching_sample_their_groups_one_by_one(csm: CSM) -> None:
+    torch.manual_seed(5)
+    groups = csm.sample_groups(PROMPTS[:2], 2, 4)
+    torch.manual_seed(5)
+    alone = [csm.sample(p, 2, 4) for p in PROMPTS[:2]]
+    assert all(torch.equal(g.ids, a.ids) for g, a in zip(groups, alone, strict=True))
+
+
 @pytest.fixture(params=["prosody", "codec", "llasa", "csm"])
 def any_policy(request: pytest.FixtureRequest) -> SpeechLMPolicy:
     return request.getfixturevalue(request.param)

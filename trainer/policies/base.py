@@ -23,7 +23,7 @@ import contextlib
 import functools
 import re
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, Self
@@ -31,6 +31,7 @@ from typing import ClassVar, Self
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.nn.utils.rnn import pad_sequence
 
 from rlaif.api.models import LoraSpec, PolicySpec
 from rlaif.constants import SAMPLE_RATE
@@ -83,6 +84,26 @@ def entropy_of(logp: torch.Tensor) -> torch.Tensor:
     return -(logp.exp() * logp.nan_to_num(neginf=0.0)).sum(-1)
 
 
+def split_groups(ids: torch.Tensor, mask: torch.Tensor, logprobs: torch.Tensor,
+                 entropy: torch.Tensor, n: int) -> list[Completions]:
+    """Rows of a batched sample -> one ``Completions`` per group of ``n`` rows, each cut to
+    its own longest completion (the steps after its last stop are padding) and with the
+    mean entropy of its own generated steps: what sampling the group alone returns."""
+    groups = []
+    for i, m, lp, h in zip(ids.split(n), mask.split(n), logprobs.split(n), entropy.split(n),
+                           strict=True):
+        steps = int(m.sum(1).max())
+        groups.append(Completions(i[:, :steps], m[:, :steps], lp[:, :steps],
+                                  float(h.sum() / m.sum())))
+    return groups
+
+
+def left_pad(rows: list[torch.Tensor], value: int) -> torch.Tensor:
+    """1-D tensors -> [len(rows), longest], each right-aligned after ``value`` padding."""
+    return pad_sequence([r.flip(0) for r in rows], batch_first=True,
+                        padding_value=value).flip(1)
+
+
 @dataclass(frozen=True)
 class TokenSlice:
     """The vocabulary ids a completion may hold, and which of them each position allows.
@@ -129,8 +150,9 @@ class TokenSlice:
 class SpeechLMPolicy(ABC):
     """A speech LM (with LoRA adapters unless fine-tuned fully) that speaks through a renderer.
 
-    The interface GRPO uses: ``sample``, ``logprobs``, ``completion_tokens``, ``render``,
-    ``describe``, the reference policy, and saving (see docs/policies.md).
+    The interface GRPO uses: ``sample`` (``sample_groups``: a rollout's groups), ``logprobs``,
+    ``completion_tokens``, ``render``, ``describe``, the reference policy, and saving (see
+    docs/policies.md).
     """
 
     model: torch.nn.Module
@@ -177,6 +199,12 @@ class SpeechLMPolicy(ABC):
     def sample(self, prompt: Prompt, n: int, max_new_tokens: int, temperature: float = 1.0,
                top_p: float = 1.0) -> Completions:
         """``n`` completions of ``prompt`` with their sampling log-probs."""
+
+    def sample_groups(self, prompts: Sequence[Prompt], n: int, max_new_tokens: int,
+                      temperature: float = 1.0, top_p: float = 1.0) -> list[Completions]:
+        """``sample`` for each prompt: a rollout's groups. A policy that can decode them
+        as one batch overrides this (``TokenLMPolicy``)."""
+        return [self.sample(p, n, max_new_tokens, temperature, top_p) for p in prompts]
 
     @abstractmethod
     def logprobs(self, prompt: Prompt, ids: torch.Tensor, temperature: float = 1.0,
@@ -281,19 +309,32 @@ class TokenLMPolicy(SpeechLMPolicy):
         scores = logits.float() / temperature
         return F.log_softmax(scores.masked_fill_(~allowed, float("-inf")), dim=-1)
 
-    @torch.no_grad()
     def sample(self, prompt: Prompt, n: int, max_new_tokens: int, temperature: float = 1.0,
                top_p: float = 1.0) -> Completions:
         """``n`` completions of ``prompt`` with their sampling log-probs (KV-cached decoding)."""
+        return self.sample_groups([prompt], n, max_new_tokens, temperature, top_p)[0]
+
+    @torch.no_grad()
+    def sample_groups(self, prompts: Sequence[Prompt], n: int, max_new_tokens: int,
+                      temperature: float = 1.0, top_p: float = 1.0) -> list[Completions]:
+        """All groups in one KV-cached decoding loop: ``len(prompts) * n`` rows, the prompts
+        left-padded to the longest, with an attention mask and each row's own positions, so
+        every row samples from the distribution ``sample`` would (and ``logprobs`` scores)."""
         was_training = self.model.training
         self.model.eval()
         decoder = self.model.get_decoder()  # type: ignore[operator]
-        prompt_ids = self.encode_prompt(prompt).to(self.device)
+        encoded = [self.encode_prompt(p) for p in prompts]
+        prompt_ids = left_pad(encoded, self.pad_id).repeat_interleave(n, 0).to(self.device)
+        attention = left_pad([torch.ones_like(e) for e in encoded], 0)
+        attention = attention.repeat_interleave(n, 0).to(self.device)
+        position = (attention.cumsum(1) - 1).clamp(min=0)
         vocab = self.token_slice()
         allowed = vocab.mask(max_new_tokens, self.device)
         slice_ids = vocab.ids.to(self.device)
-        out = decoder(input_ids=prompt_ids.expand(n, -1), use_cache=True)
-        done = torch.zeros(n, dtype=torch.bool, device=self.device)
+        out = decoder(input_ids=prompt_ids, attention_mask=attention, position_ids=position,
+                      use_cache=True)
+        position = position[:, -1:]
+        done = torch.zeros(len(prompt_ids), dtype=torch.bool, device=self.device)
         ids, lps, masks, entropies = [], [], [], []
         for t in range(max_new_tokens):
             logits = self.slice_logits(self.model, out.last_hidden_state[:, -1])
@@ -305,16 +346,17 @@ class TokenLMPolicy(SpeechLMPolicy):
             ids.append(token)
             lps.append(torch.where(live, lp, torch.zeros_like(lp)))
             masks.append(live.float())
-            entropies.append(entropy_of(logp)[live])
+            entropies.append(torch.where(live, entropy_of(logp), torch.zeros_like(lp)))
             done = done | (token == self.stop_id)
             if bool(done.all()):
                 break
-            out = decoder(input_ids=token.unsqueeze(-1), cache=out.cache,
-                          use_cache=True)
+            attention = torch.cat([attention, attention.new_ones(len(attention), 1)], dim=1)
+            position = position + 1
+            out = decoder(input_ids=token.unsqueeze(-1), attention_mask=attention,
+                          position_ids=position, cache=out.cache, use_cache=True)
         self.model.train(was_training)
-        mask = torch.stack(masks, 1)
-        return Completions(torch.stack(ids, 1), mask, torch.stack(lps, 1),
-                           float(torch.cat(entropies).mean()))
+        return split_groups(torch.stack(ids, 1), torch.stack(masks, 1), torch.stack(lps, 1),
+                            torch.stack(entropies, 1), n)
 
     def logprobs(self, prompt: Prompt, ids: torch.Tensor, temperature: float = 1.0,
                  model: torch.nn.Module | None = None) -> torch.Tensor:
