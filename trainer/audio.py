@@ -1,10 +1,26 @@
-"""Audio plumbing shared by the policies: espeak-ng rendering and sample WAV files."""
+"""Audio plumbing shared by the policies: espeak-ng rendering and sample WAV files.
+
+espeak-ng renders through its library in worker processes (trainer/espeak_worker.py), one
+per core, started on first use: each loads the library and the voice once and forks a child
+per render, so every render is ``espeak-ng -m -v <voice>``'s audio to the sample, whatever
+was rendered before, without starting a program and loading its voice each time (about
+twice the CPU). Threads render in parallel, each on a worker of its own.
+"""
 
 from __future__ import annotations
 
+import atexit
 import io
+import os
+import queue
+import select
+import signal
+import struct
 import subprocess
-import tempfile
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import numpy as np
@@ -14,30 +30,135 @@ from rlaif.audio import resample
 from rlaif.constants import SAMPLE_RATE
 from rlaif.files import atomic_write_bytes
 
+VOICE = "en-us"
+INSTALL_HINT = "apt-get install espeak-ng"
+TIMEOUT_S = 60.0
+"""A render that takes longer is abandoned (its worker is killed and replaced)."""
+WORKER = Path(__file__).with_name("espeak_worker.py")
+NO_VOICE, CRASHED = -1, -2  # espeak_worker's answer statuses
+
 
 class SpeechSynthesisError(RuntimeError):
-    """espeak-ng failed or is missing; the message carries its stderr."""
+    """espeak-ng is missing or could not speak a text."""
 
 
-def espeak_ssml(ssml: str, voice: str = "en-us") -> np.ndarray:
-    """Render SSML with espeak-ng (-m) to 16 kHz float32.
+class _WorkerLost(SpeechSynthesisError):
+    """The worker process did not answer (exited or timed out)."""
 
-    espeak-ng's --stdout WAV has an unknown-length header libsndfile refuses, so it writes
-    to a temporary file.
-    """
-    with tempfile.TemporaryDirectory(prefix="rlaif-espeak-") as tmp:
-        wav = Path(tmp) / "out.wav"
+
+class _Worker:
+    """One espeak_worker process and its pipes; used by one thread at a time."""
+
+    def __init__(self) -> None:
+        # its own session: a kill takes the render it forked too
+        self.proc = subprocess.Popen([sys.executable, "-I", str(WORKER), VOICE],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     start_new_session=True)
         try:
-            proc = subprocess.run(["espeak-ng", "-m", "-v", voice, "-w", str(wav), "--stdin"],
-                                  input=ssml.encode(), capture_output=True, timeout=60)
-        except FileNotFoundError:
-            raise SpeechSynthesisError("espeak-ng is not installed (apt-get install espeak-ng)"
-                                       ) from None
-        if proc.returncode != 0 or not wav.exists():
-            raise SpeechSynthesisError(f"espeak-ng failed ({proc.returncode}): "
-                                       f"{proc.stderr.decode(errors='replace')[-500:]}")
-        audio, rate = sf.read(wav, dtype="float32")
-    return resample(audio, rate)
+            rate, why = self._answer()
+        except _WorkerLost:
+            self.close()
+            raise
+        if rate <= 0:
+            self.close()
+            raise SpeechSynthesisError(f"espeak-ng cannot start ({INSTALL_HINT}): "
+                                       f"{why.decode(errors='replace')}")
+        self.rate = rate
+
+    def render(self, ssml: str, voice: str) -> np.ndarray:
+        """int16 samples at ``self.rate``."""
+        assert self.proc.stdin is not None
+        name, text = voice.encode(), ssml.encode()
+        try:
+            self.proc.stdin.write(struct.pack("<I", len(name)) + name
+                                  + struct.pack("<I", len(text)) + text)
+            self.proc.stdin.flush()
+        except OSError as exc:
+            raise _WorkerLost(f"espeak-ng's worker is gone ({exc})") from None
+        status, samples = self._answer()
+        if status == NO_VOICE:
+            raise SpeechSynthesisError(f"espeak-ng has no voice {voice!r}")
+        if status != 0:
+            what = "crashed on" if status == CRASHED else f"failed (error {status}) on"
+            raise SpeechSynthesisError(f"espeak-ng {what} {ssml[:80]!r}")
+        return np.frombuffer(samples, dtype="<i2")
+
+    def _answer(self) -> tuple[int, bytes]:
+        status, size = struct.unpack("<iI", self._read(8))
+        return status, self._read(size)
+
+    def _read(self, n: int) -> bytes:
+        assert self.proc.stdout is not None
+        fd, data, deadline = self.proc.stdout.fileno(), bytearray(), time.monotonic() + TIMEOUT_S
+        while len(data) < n:
+            if not select.select([fd], [], [], max(0.0, deadline - time.monotonic()))[0]:
+                raise _WorkerLost(f"espeak-ng did not answer within {TIMEOUT_S:.0f} s")
+            chunk = os.read(fd, n - len(data))
+            if not chunk:
+                raise _WorkerLost(f"espeak-ng's worker exited (code {self.proc.poll()})")
+            data += chunk
+        return bytes(data)
+
+    def close(self) -> None:
+        with suppress(OSError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
+        for pipe in (self.proc.stdin, self.proc.stdout):
+            with suppress(OSError):
+                pipe.close()  # type: ignore[union-attr]
+
+
+class _Pool:
+    """Idle workers; a thread takes one (starting it if none is idle) for one render. A
+    worker that broke off (exited, timed out, interrupted) is killed, not returned: the next
+    render starts a fresh one."""
+
+    def __init__(self) -> None:
+        self.idle: queue.SimpleQueue[_Worker] = queue.SimpleQueue()
+
+    @contextmanager
+    def take(self) -> Iterator[_Worker]:
+        worker = None
+        while worker is None:
+            try:
+                worker = self.idle.get_nowait()
+            except queue.Empty:
+                worker = _Worker()
+            if worker.proc.poll() is not None:  # died while idle (killed, out of memory)
+                worker.close()
+                worker = None
+        try:
+            yield worker
+        except _WorkerLost:
+            worker.close()
+            raise
+        except SpeechSynthesisError:  # it answered: the text was refused, the worker is fine
+            self.idle.put(worker)
+            raise
+        except BaseException:  # an answer may still be on its way: never reuse it
+            worker.close()
+            raise
+        self.idle.put(worker)
+
+    def close(self) -> None:
+        """End the idle workers (at exit: a worker also ends when its stdin closes)."""
+        while True:
+            try:
+                self.idle.get_nowait().close()
+            except queue.Empty:
+                return
+
+
+_pool = _Pool()
+atexit.register(_pool.close)
+
+
+def espeak_ssml(ssml: str, voice: str = VOICE) -> np.ndarray:
+    """Render SSML as ``espeak-ng -m -v <voice>`` would, to 16 kHz float32."""
+    with _pool.take() as worker:
+        samples = worker.render(ssml, voice)
+        rate = worker.rate
+    return resample(samples.astype(np.float32) / 32768.0, rate)
 
 
 def write_wav(path: Path, audio: np.ndarray, rate: int = SAMPLE_RATE) -> None:

@@ -1,11 +1,12 @@
-"""Rendering a rollout's completions to audio while the next group is sampled.
+"""Rendering a rollout's completions to audio, a group's samples at once.
 
-espeak-ng renders in a subprocess: the Python thread only waits, so several renders can
-run at once on a pool of threads (one per core) and overlap with sampling the next group on
-the main thread. Samples are still handed over in rollout order, each group as soon as all
-of it is rendered, so the reward client receives the same requests as before. A policy
-whose renderer is Python/torch work (codec decoders) renders inline: threads would only
-contend for the GIL and the intra-op threads.
+espeak-ng renders in worker processes (trainer/audio.py): the Python thread only waits on
+a pipe, so several renders run at once on a pool of threads (one per core) while the main
+thread goes on (queueing the next group; with groups sampled one by one, sampling it).
+Samples are still handed over in rollout order, each group as soon as all of it is
+rendered, so its scoring starts while later groups render. A policy whose renderer is
+Python/torch work (codec decoders) renders inline: threads would only contend for the GIL
+and the intra-op threads.
 """
 
 from __future__ import annotations

@@ -1,22 +1,100 @@
-"""RenderQueue with real espeak-ng renders: threads give the same audio in the same order as
-rendering inline, renders overlap, a group is handed over once the next one is queued, and a
-renderer's error reaches the rollout."""
+"""espeak-ng rendering through libespeak-ng: the CLI's audio sample for sample, whatever was
+rendered before and however many threads render at once; then RenderQueue with real renders:
+threads give the same audio in the same order as rendering inline, renders overlap, a group is
+handed over once the next one is queued, and a renderer's error reaches the rollout."""
 
 from __future__ import annotations
 
 import itertools
+import os
+import signal
+import subprocess
+import tempfile
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import pytest
+import soundfile as sf
 
+from rlaif.audio import resample
+from rlaif.constants import SAMPLE_RATE
 from rlaif.data import Prompt
+from rlaif.trainer import audio
 from rlaif.trainer.audio import SpeechSynthesisError, espeak_ssml
 from rlaif.trainer.rendering import RenderQueue
 
+SSML = [
+    '<speak><prosody rate="50%" pitch="+20%" range="150%" volume="80%">Hello there '
+    '<break time="350ms"/> my friend?</prosody></speak>',
+    '<speak><prosody rate="175%" pitch="-40%">Good morning.</prosody></speak>',
+    "<speak>Where is it?</speak>",
+    '<speak><prosody rate="50%">never closed',  # malformed: the prosody must not leak out
+    "<<<>>> & <foo",  # malformed
+    '<speak><voice name="en-gb">Hi</voice></speak>',  # switches the library's voice
+    "Plain text after a voice change.",
+]
 GROUPS = [([[120], [160]], Prompt("Good morning.")), ([[140], [180]], Prompt("Where is it?")),
           ([[200], [100]], Prompt("Thank you."))]
+
+
+def espeak_cli(ssml: str) -> np.ndarray:
+    """The reference: ``espeak-ng -m -v en-us -w`` in a fresh process, read as before."""
+    with tempfile.TemporaryDirectory() as tmp:
+        wav = Path(tmp) / "out.wav"
+        subprocess.run(["espeak-ng", "-m", "-v", "en-us", "-w", str(wav), "--stdin"],
+                       input=ssml.encode(), check=True, timeout=60)
+        audio, rate = sf.read(wav, dtype="float32")
+    return resample(audio, rate)
+
+
+def test_renders_are_the_cli_audio_sample_for_sample() -> None:
+    """Twice over, so every render follows others (the library keeps state between them)."""
+    for ssml in SSML * 2:
+        wave = espeak_ssml(ssml)
+        assert wave.dtype == np.float32 and len(wave) > SAMPLE_RATE // 2
+        assert np.array_equal(wave, espeak_cli(ssml)), ssml
+
+
+def test_renders_from_several_threads_at_once_are_the_one_at_a_time_audio() -> None:
+    alone = [espeak_ssml(ssml) for ssml in SSML]
+    with ThreadPoolExecutor(4) as pool:
+        together = list(pool.map(espeak_ssml, SSML * 3))
+    assert all(np.array_equal(wave, alone[i % len(SSML)]) for i, wave in enumerate(together))
+
+
+@pytest.mark.parametrize("ssml", ["", "   ", "<speak></speak>"])
+def test_empty_text_renders_a_moment_of_silence(ssml: str) -> None:
+    wave = espeak_ssml(ssml)
+    assert 0 < len(wave) < SAMPLE_RATE // 50 and not wave.any()
+
+
+def test_an_unknown_voice_is_a_clear_error_and_leaves_nothing_behind() -> None:
+    with pytest.raises(SpeechSynthesisError, match="no voice 'xx-nowhere'"):
+        espeak_ssml("Hello.", voice="xx-nowhere")
+    assert np.array_equal(espeak_ssml(SSML[2]), espeak_cli(SSML[2]))
+
+
+def test_a_worker_that_died_is_replaced() -> None:
+    espeak_ssml(SSML[1])
+    idle = idle_workers()
+    assert idle
+    for worker in idle:  # as the OOM killer would
+        os.kill(worker.proc.pid, signal.SIGKILL)
+        worker.proc.wait()
+    assert np.array_equal(espeak_ssml(SSML[2]), espeak_cli(SSML[2]))
+
+
+def idle_workers() -> list[audio._Worker]:
+    """The rendering pool's idle workers (put back in the pool)."""
+    workers = []
+    while not audio._pool.idle.empty():
+        workers.append(audio._pool.idle.get_nowait())
+    for worker in workers:
+        audio._pool.idle.put(worker)
+    return workers
 
 
 class Espeak:

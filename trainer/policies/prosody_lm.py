@@ -89,7 +89,7 @@ class ProsodyProgram:
 class ProsodyLM(TokenLMPolicy):
     """The quickstart policy over espeak-ng (see the module docstring)."""
 
-    render_in_threads = True  # espeak-ng runs as a subprocess
+    render_in_threads = True  # espeak-ng renders in worker processes
 
     def __init__(self, model_dir: Path, finetune: str, lora: LoraSpec,
                  device: torch.device, dtype: torch.dtype,

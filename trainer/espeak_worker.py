@@ -1,0 +1,126 @@
+"""A process that renders SSML with libespeak-ng, each render in a fork of itself.
+
+libespeak-ng keeps state between syntheses that its API cannot reset (the pitch-flutter
+phase and the gain control of its wave generator, a voice changed by SSML), so a library
+that renders twice in one process renders the second text differently from the CLI; and
+espeak-ng 1.51's espeak_Terminate does not free the voice, so loading a fresh instance per
+render leaks. This process loads the library and the default voice once, then forks a child
+per request: the child starts from the same untouched state every time, renders, sends its
+samples and exits, so every render is what ``espeak-ng -m`` writes, with no per-render
+voice loading and nothing left behind. Standard library only: run as ``python -I
+espeak_worker.py [voice]``.
+
+Frames on stdout (little-endian): at start ``i32 rate, u32 n, n bytes of message`` (rate
+<= 0: the message says why the library could not start); per request, read from stdin as
+``u32 n, n bytes of voice, u32 m, m bytes of SSML``, the answer ``i32 status, u32 n, n
+bytes of int16 samples`` (status 0: spoken; NO_VOICE; CRASHED; else espeak_Synth's error).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import struct
+import sys
+
+LIBRARY = "libespeak-ng.so.1"
+NO_VOICE = -1
+CRASHED = -2
+_AUDIO_OUTPUT_SYNCHRONOUS = 2
+"""espeak_Synth calls the synth callback on the calling thread and returns when done."""
+_INITIALIZE_DONT_EXIT = 0x8000
+"""Report a missing espeak-ng-data as an error instead of exiting the process."""
+_SYNTH_FLAGS = 0x100 | 0x1000 | 0x10
+"""espeakPHONEMES | espeakENDPAUSE | espeakSSML: the CLI's flags with -m."""
+_POS_CHARACTER = 1
+_Callback = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int,
+                             ctypes.c_void_p)
+
+
+def _read(n: int) -> bytes | None:
+    data = sys.stdin.buffer.read(n)
+    return data if len(data) == n else None
+
+
+def _write(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def _frame(status: int, payload: bytes) -> bytes:
+    return struct.pack("<iI", status, len(payload)) + payload
+
+
+def _start(voice: bytes) -> tuple[ctypes.CDLL | None, int, str]:
+    """The library, initialised with ``voice``; or None, 0 and why not."""
+    try:
+        lib = ctypes.CDLL(LIBRARY)
+    except OSError as exc:
+        return None, 0, f"{LIBRARY} could not be loaded: {exc}"
+    rate = lib.espeak_Initialize(_AUDIO_OUTPUT_SYNCHRONOUS, 0, None, _INITIALIZE_DONT_EXIT)
+    if rate <= 0:
+        return None, 0, "espeak_Initialize failed: is espeak-ng-data installed?"
+    lib.espeak_SetVoiceByName.argtypes = [ctypes.c_char_p]
+    if lib.espeak_SetVoiceByName(voice) != 0:
+        return None, 0, f"espeak-ng has no voice {voice.decode()!r}"
+    lib.espeak_Synth.argtypes = [ctypes.c_char_p, ctypes.c_size_t, ctypes.c_uint,
+                                 ctypes.c_int, ctypes.c_uint, ctypes.c_uint, ctypes.c_void_p,
+                                 ctypes.c_void_p]
+    return lib, rate, ""
+
+
+def _speak(lib: ctypes.CDLL, default: bytes, voice: bytes, ssml: bytes) -> bytes:
+    """In the forked child: the answer frame for one request."""
+    samples = bytearray()
+
+    def on_synth(wav: ctypes._Pointer[ctypes.c_short], count: int, events: int) -> int:
+        if count > 0:
+            samples.extend(ctypes.string_at(wav, 2 * count))
+        return 0
+
+    callback = _Callback(on_synth)
+    lib.espeak_SetSynthCallback(callback)
+    if voice != default and lib.espeak_SetVoiceByName(voice) != 0:
+        return _frame(NO_VOICE, b"")
+    data = ssml + b"\0"
+    status = lib.espeak_Synth(data, len(data), 0, _POS_CHARACTER, 0, _SYNTH_FLAGS, None, None)
+    return _frame(status, bytes(samples) if status == 0 else b"")
+
+
+def main() -> None:
+    default = (sys.argv[1] if len(sys.argv) > 1 else "en-us").encode()
+    lib, rate, why = _start(default)
+    out = sys.stdout.fileno()
+    _write(out, _frame(rate, why.encode()))
+    if lib is None:
+        return
+    while (head := _read(4)) is not None:
+        voice = _read(struct.unpack("<I", head)[0])
+        size = _read(4)
+        ssml = _read(struct.unpack("<I", size)[0]) if size is not None else None
+        if voice is None or ssml is None:
+            return
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: render, answer, leave without running any cleanup
+            os.close(r)
+            try:
+                _write(w, _speak(lib, default, voice, ssml))
+            finally:
+                os._exit(0)
+        os.close(w)
+        chunks = []
+        while chunk := os.read(r, 1 << 20):
+            chunks.append(chunk)
+        os.close(r)
+        _, code = os.waitpid(pid, 0)
+        answer = b"".join(chunks)
+        if code != 0 or len(answer) < 8 or len(answer) != 8 + struct.unpack("<I",
+                                                                             answer[4:8])[0]:
+            answer = _frame(CRASHED, b"")
+        _write(out, answer)
+
+
+if __name__ == "__main__":
+    main()
