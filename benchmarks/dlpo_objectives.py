@@ -4,9 +4,9 @@ measured on what it did not train on.
 
     .venv/bin/python benchmarks/dlpo_objectives.py [--objectives dlpo ddpo] [--seeds 0 1 2]
 
-Settings are examples/dlpo-wavegrad2-cpu.yaml's (flags override lr, diffusionLossCoef and
-rewardScale); training prompts cycle through its prompts file; DNSMOS runs in this
-process (the scorer the MOS server wraps). Per run:
+Settings are examples/dlpo-wavegrad2-cpu.yaml's (flags override lr, diffusionLossCoef,
+diffusionLossTarget, rewardScale and innerIterations); training prompts cycle through its
+prompts file; DNSMOS runs in this process (the scorer the MOS server wraps). Per run:
 
 - train MOS: DNSMOS overall MOS of the training rollouts (the signal being optimised);
 - held-out DNSMOS and PLCMOS: samples of examples/data/dlpo-heldout.jsonl (texts in
@@ -15,7 +15,9 @@ process (the scorer the MOS server wraps). Per run:
 - diffusion loss: the trainer's fixed-batch probe on the training ground truth (max and last
   over the run, as multiples of step 1), and the same on espeak-ng pairs of the held-out
   texts, which the regulariser never trains on (after / before);
-- diverged: chains whose states overflowed, left out of their update (silent audio).
+- diverged: chains whose states overflowed, left out of their update (silent audio);
+- coef max, skipped: with --diffusion-loss-target, the adaptive diffusion-loss weight's
+  largest value and the steps whose reward term it dropped.
 """
 
 from __future__ import annotations
@@ -77,7 +79,8 @@ def spec_for(objective: str, seed: int, args: argparse.Namespace) -> RLAIFJobSpe
     spec["seed"] = seed
     spec["dlpo"]["objective"] = objective
     overrides = {"learningRate": args.lr, "diffusionLossCoef": args.diffusion_loss_coef,
-                 "rewardScale": args.reward_scale, "innerIterations": args.inner_iterations}
+                 "rewardScale": args.reward_scale, "innerIterations": args.inner_iterations,
+                 "diffusionLossTarget": args.diffusion_loss_target}
     spec["dlpo"].update({k: v for k, v in overrides.items() if v is not None})
     return RLAIFJobSpec.model_validate(spec)
 
@@ -102,7 +105,7 @@ def run(spec: RLAIFJobSpec, steps: int, heldout: list[Prompt], pairs_dir: Path,
     prompts = load_prompts(Path(spec.data.prompts))
     t0 = time.perf_counter()
     before = heldout_figures(algo, heldout, pairs, evaluators)
-    mos, loss, diverged = [], [], 0.0
+    mos, loss, diverged, coef, skipped = [], [], 0.0, [0.0], 0.0
     for step in range(steps):
         rollout = algo.rollout([prompts[step % len(prompts)]])
         ovrl = evaluators.dnsmos_ovrl(rollout.audio)
@@ -110,13 +113,15 @@ def run(spec: RLAIFJobSpec, steps: int, heldout: list[Prompt], pairs_dir: Path,
         mos.append(float(np.mean(ovrl)))
         loss.append(stats["diffusion_loss"])
         diverged += stats["diverged_chains"]
+        coef.append(stats.get("diffusion_loss_coef", 0.0))
+        skipped += stats.get("reward_term_skipped", 0.0)
     after = heldout_figures(algo, heldout, pairs, evaluators)
     return {"mos_first": mos[0], "mos_last4": float(np.mean(mos[-4:])),
             "ho_dnsmos_0": before["dnsmos"], "ho_dnsmos_1": after["dnsmos"],
             "ho_plcmos_0": before["plcmos"], "ho_plcmos_1": after["plcmos"],
             "dl_max_x": max(loss) / loss[0], "dl_last_x": loss[-1] / loss[0],
             "ho_dl_x": after["diffusion_loss"] / before["diffusion_loss"], "diverged": diverged,
-            "seconds": time.perf_counter() - t0}
+            "coef_max": max(coef), "skipped": skipped, "seconds": time.perf_counter() - t0}
 
 
 COLUMNS = [("mos_first", "MOS 1", ".3f"), ("mos_last4", "MOS last4", ".3f"),
@@ -124,6 +129,7 @@ COLUMNS = [("mos_first", "MOS 1", ".3f"), ("mos_last4", "MOS last4", ".3f"),
            ("ho_plcmos_0", "HO PLCMOS 0", ".3f"), ("ho_plcmos_1", "HO PLCMOS N", ".3f"),
            ("dl_max_x", "DL max/1", ".2f"), ("dl_last_x", "DL last/1", ".2f"),
            ("ho_dl_x", "HO DL N/0", ".2f"), ("diverged", "diverged", ".0f"),
+           ("coef_max", "coef max", ".3g"), ("skipped", "skipped", ".0f"),
            ("seconds", "s", ".0f")]
 
 
@@ -139,6 +145,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=24)
     parser.add_argument("--lr", type=float, default=None)
     parser.add_argument("--diffusion-loss-coef", type=float, default=None)
+    parser.add_argument("--diffusion-loss-target", type=float, default=None,
+                        help="dlpo's adaptive diffusion-loss weight (objective dlpo only)")
     parser.add_argument("--reward-scale", type=float, default=None)
     parser.add_argument("--inner-iterations", type=int, default=None)
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
@@ -151,7 +159,8 @@ def main() -> None:
         pairs_dir = write_espeak_corpus([p.text for p in heldout], Path(tmp) / "pairs")
         shown = spec_for(args.objectives[0], args.seeds[0], args).dlpo
         print(f"{args.steps} steps, seeds {args.seeds}, lr {shown.learning_rate:g}, "
-              f"diffusionLossCoef {shown.diffusion_loss_coef:g} (dlpo only), rewardScale "
+              f"diffusionLossCoef {shown.diffusion_loss_coef:g} (dlpo only), "
+              f"diffusionLossTarget {shown.diffusion_loss_target}, rewardScale "
               f"{shown.reward_scale:g}, innerIterations {shown.inner_iterations}, "
               f"G={shown.group_size}, {shown.denoising_steps} denoising steps; "
               f"HO = held-out, DL = diffusion loss")

@@ -10,7 +10,8 @@ log-density averaged over the chain's audio samples (as DDPO averages over dimen
 rho = exp(log p_theta - log p_old) and A = rewardScale * (r - mean_G) / (std_G + eps):
 
 - ``dlpo``:  PPO-clip(rho, A) + diffusionLossCoef * (noise loss + duration loss) on
-  ground-truth pairs (the model's own training loss keeps it a good generator);
+  ground-truth pairs (the model's own training loss keeps it a good generator); with
+  diffusionLossTarget the weight adapts to hold the loss's drift (``adapt_coefficient``);
 - ``ddpo``:  PPO-clip(rho, A) alone (Black et al. 2023);
 - ``dpok``:  PPO-clip(rho, A) + klCoef * KL(p_theta || p_reference) of the step, the KL of
   two Gaussians with the same variance, ||mu_theta - mu_ref||^2 / (2 sigma_t^2) (Fan et al.);
@@ -71,6 +72,8 @@ ENGINE_TAG = "engine"
 REFERENCE_OBJECTIVES = ("dpok", "klinr")
 EVAL_BATCH = 8
 """Ground-truth pairs in the fixed-seed diffusion-loss measurement logged every step."""
+COEF_CEILING = 1000.0
+"""The adaptive diffusion-loss weight's ceiling (diffusionLossCoef's own maximum)."""
 
 
 # --------------------------------------------------------------------------- objective maths
@@ -114,6 +117,27 @@ def step_policy_loss(objective: str, log_prob: torch.Tensor, old_log_prob: torch
                                      clip_epsilon)
     ratio = torch.exp(log_prob.detach() - old_log_prob)
     return per_chain.mean(), ((ratio - 1).abs() > clip_epsilon).double().mean()
+
+
+def adapt_coefficient(coef: float, ratio: float, target: float, floor: float
+                      ) -> tuple[float, bool]:
+    """The diffusion-loss weight for this step, and whether to drop its reward term, given
+    ``ratio`` = probe / probe at step 1 and ``spec.dlpo.diffusionLossTarget``.
+
+    A constrained regulariser in the manner of Ziegler et al.'s adaptive KL controller, but
+    aimed below the bound: once the ratio passes the midway point 1 + (target - 1) / 2 the
+    weight doubles and the step drops its reward term; once it is back under a quarter of
+    the way the weight halves (not below ``floor``, diffusionLossCoef); in between it holds.
+    The reward term is dropped, not only outweighed, because Adam normalises the update's
+    size, so a weight only shifts the balance, while a diffusion-loss-only step points the
+    whole update back toward the generator; and from the midway point, not the bound,
+    because the drift carries on for a step or more after the controller reacts.
+    """
+    if ratio > 1 + (target - 1) / 2:
+        return min(coef * 2, COEF_CEILING), True
+    if ratio < 1 + (target - 1) / 4:
+        return max(coef / 2, floor), False
+    return coef, False
 
 
 def drop_diverged(chains: Chains, rewards: torch.Tensor) -> int:
@@ -222,6 +246,10 @@ class DLPOAlgorithm:
             log.warning("DLPO keeps WaveGrad 2 in float32 (log-densities of long waveforms "
                         "need it); spec.policy.dtype %s ignored", spec.policy.dtype)
         self.train_diffusion = self.objective == "dlpo" and spec.dlpo.diffusion_loss_coef > 0
+        # The regulariser's weight, fixed or adapted each step (diffusionLossTarget) against
+        # the probe at step 1; both are in the checkpoint.
+        self.diffusion_coef = spec.dlpo.diffusion_loss_coef
+        self.diffusion_start: float | None = None
         steps = len(self.transitions) - 1
         self.micro_batches = spec.dlpo.batch_size * steps + int(self.train_diffusion)
         trainable = [p for p in module.parameters() if p.requires_grad]
@@ -286,6 +314,11 @@ class DLPOAlgorithm:
         weights = rwr_weights(r, self.dlpo.reward_scale)
         stats = {"diffusion_loss": self.measure_diffusion_loss()} if self.ground_truth else {}
         stats["diverged_chains"] = float(diverged)
+        if self.dlpo.diffusion_loss_target is not None:
+            skip = self._adapt(stats["diffusion_loss"])
+            stats["reward_term_skipped"] = float(skip)
+            if skip:  # zero advantages: same micro-batches, only the diffusion loss's gradient
+                advantages = torch.zeros_like(advantages)
         if penalty is not None:
             stats["reference_penalty"] = float(penalty.mean())
         figures: dict[str, list[float]] = {}
@@ -298,7 +331,7 @@ class DLPOAlgorithm:
                 batch = self.rng.sample(self.ground_truth,
                                         min(self.group_size, len(self.ground_truth)))
                 loss = diffusion_loss(self.net, batch, self.generator)
-                self._backward(self.dlpo.diffusion_loss_coef * loss.total, 1.0)
+                self._backward(self.diffusion_coef * loss.total, 1.0)
                 figures.setdefault("train_noise_loss", []).append(float(loss.noise.detach()))
                 figures.setdefault("train_duration_loss", []).append(
                     float(loss.duration.detach()))
@@ -308,7 +341,8 @@ class DLPOAlgorithm:
         stats.setdefault("clip_fraction", 0.0)
         stats.setdefault("kl", 0.0)
         if self.train_diffusion:
-            stats["loss"] += self.dlpo.diffusion_loss_coef * (
+            stats["diffusion_loss_coef"] = self.diffusion_coef
+            stats["loss"] += self.diffusion_coef * (
                 stats["train_noise_loss"] + stats["train_duration_loss"])
         stats["learning_rate"] = float(self.engine.get_lr()[0])
         return stats
@@ -377,6 +411,19 @@ class DLPOAlgorithm:
             if name in self.ema:
                 self.ema[name].mul_(decay).add_(p.detach(), alpha=1 - decay)
 
+    def _adapt(self, probe: float) -> bool:
+        """Set this step's diffusion-loss weight from the probe (measured before the update,
+        so the step that sees the drift already acts on it); True: drop the reward term.
+        Every rank measures the same weights on the same batch, so the weights agree."""
+        target = self.dlpo.diffusion_loss_target
+        assert target is not None
+        if self.diffusion_start is None:
+            self.diffusion_start = probe
+        self.diffusion_coef, skip = adapt_coefficient(
+            self.diffusion_coef, probe / self.diffusion_start, target,
+            self.dlpo.diffusion_loss_coef)
+        return skip
+
     @torch.no_grad()
     def measure_diffusion_loss(self) -> float:
         """The diffusion loss on a fixed ground-truth batch, windows and noise (same seed
@@ -394,7 +441,8 @@ class DLPOAlgorithm:
         self.engine.save_checkpoint(str(directory), tag=ENGINE_TAG, save_latest=False,
                                     exclude_frozen_parameters=True)
         torch.save({"generator": self.generator.get_state(), "rng": self.rng.getstate(),
-                    "ema": self.ema}, self._extra_file(directory))
+                    "ema": self.ema, "diffusion_coef": self.diffusion_coef,
+                    "diffusion_start": self.diffusion_start}, self._extra_file(directory))
 
     def load_state(self, directory: Path) -> None:
         path, _ = self.engine.load_checkpoint(str(directory), tag=ENGINE_TAG,
@@ -405,6 +453,9 @@ class DLPOAlgorithm:
         self.generator.set_state(extra["generator"])
         self.rng.setstate(extra["rng"])
         self.ema = extra["ema"]
+        # a checkpoint from before diffusionLossTarget existed: a fixed weight, no start
+        self.diffusion_coef = extra.get("diffusion_coef", self.diffusion_coef)
+        self.diffusion_start = extra.get("diffusion_start")
 
     def final_model(self) -> WaveGrad2:
         """A plain WaveGrad 2: EMA weights when kept, LoRA adapters merged."""

@@ -513,7 +513,14 @@ class DLPOSpec(Model):
                                 description="Multiplies the advantage (paper: 5); rwr: "
                                             "1 / temperature of its exp(r) weights.")
     diffusion_loss_coef: float = Field(1.0, ge=0, le=1000, allow_inf_nan=False,
-                                       description="Weight of the diffusion loss.")
+                                       description="Weight of the diffusion loss (with "
+                                                   "diffusionLossTarget: its floor).")
+    diffusion_loss_target: float | None = Field(
+        None, gt=1, le=100, allow_inf_nan=False,
+        description="dlpo only, opt-in: bound on the diffusion-loss probe as a multiple of "
+                    "its step-1 value, held by an adaptive weight: past the midway point it "
+                    "doubles and the step drops its reward term; under a quarter of the way "
+                    "it halves, down to diffusionLossCoef.")
     kl_coef: float = Field(0.01, ge=0, le=1000, allow_inf_nan=False,
                            description="Weight of the KL to the reference, per denoising "
                                        "step and audio sample (dpok, klinr).")
@@ -522,6 +529,18 @@ class DLPOSpec(Model):
     inner_iterations: int = Field(1, ge=1, le=16, description="Updates per batch of rollouts.")
     ema_decay: float = Field(0.0, ge=0, lt=1, description="EMA of weights; 0 disables "
                                                           "(paper: 0.999).")
+
+    @model_validator(mode="after")
+    def _target_needs_the_regulariser(self) -> DLPOSpec:
+        if self.diffusion_loss_target is None:
+            return self
+        if self.objective != "dlpo":
+            raise ValueError(f"diffusionLossTarget: only objective dlpo has the diffusion-loss "
+                             f"regulariser it adapts, not {self.objective}")
+        if self.diffusion_loss_coef == 0:
+            raise ValueError("diffusionLossTarget: needs diffusionLossCoef > 0 (the adaptive "
+                             "weight starts there and never goes below it)")
+        return self
 
 
 # --------------------------------------------------------------------------- trainer

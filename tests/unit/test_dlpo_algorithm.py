@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from pydantic import ValidationError
 
 from rlaif.api.models import DLPOSpec, LoraSpec, RLAIFJobSpec
 from rlaif.config import RewardEndpoint, TrainerConfig
@@ -131,6 +132,36 @@ def test_bad_settings_name_the_field(model_dir, tmp_path) -> None:
     check_spec(DLPOSpec(objective="ddpo"), zero_stage=2, has_ground_truth=False)
     with pytest.raises(ValueError, match=r"spec\.policy\.lora\.targetModules: .*q_proj"):
         apply_lora(load_model(model_dir), LoraSpec(target_modules=["q_proj"]))
+
+
+def test_a_diffusion_loss_target_is_refused_without_the_regulariser() -> None:
+    for objective in ("ddpo", "dpok", "klinr", "rwr"):
+        with pytest.raises(ValidationError, match=r"diffusionLossTarget: only objective dlpo"):
+            DLPOSpec(objective=objective, diffusion_loss_target=1.5)
+    with pytest.raises(ValidationError, match=r"diffusionLossTarget: needs diffusionLossCoef"):
+        DLPOSpec(diffusion_loss_coef=0, diffusion_loss_target=1.5)
+    assert DLPOSpec(diffusion_loss_target=1.5).diffusion_loss_target == 1.5
+
+
+def test_near_the_bound_a_step_drops_the_reward_term_and_resumes_its_weight(
+        model_dir, tmp_path) -> None:
+    algo = make(model_dir, tmp_path, objective="dlpo", diffusionLossCoef=0.1,
+                diffusionLossTarget=1.5)
+    rollout = algo.rollout(PROMPTS)
+    first = algo.update(rollout, quietness(rollout.audio))
+    assert algo.diffusion_start == first["diffusion_loss"]
+    assert first["reward_term_skipped"] == 0.0 and first["diffusion_loss_coef"] == 0.1
+    assert first["policy_loss"] != 0.0
+    algo.diffusion_start = first["diffusion_loss"] / 2  # as if the probe had doubled
+    rollout = algo.rollout(PROMPTS)
+    over = algo.update(rollout, quietness(rollout.audio))
+    assert over["reward_term_skipped"] == 1.0 and over["policy_loss"] == 0.0
+    assert over["diffusion_loss_coef"] == 0.2 == algo.diffusion_coef
+    algo.save_state(tmp_path / "ckpt")
+    resumed = make(model_dir, tmp_path, objective="dlpo", diffusionLossCoef=0.1,
+                   diffusionLossTarget=1.5)
+    resumed.load_state(tmp_path / "ckpt")
+    assert (resumed.diffusion_coef, resumed.diffusion_start) == (0.2, algo.diffusion_start)
 
 
 @pytest.mark.parametrize("objective", ["ddpo", "rwr"])

@@ -9,7 +9,13 @@ import pytest
 import torch
 
 from rlaif.trainer.diffusion import NoiseSchedule, gaussian_kl, gaussian_log_prob, posterior
-from rlaif.trainer.dlpo import reward_advantages, rwr_weights, step_policy_loss
+from rlaif.trainer.dlpo import (
+    COEF_CEILING,
+    adapt_coefficient,
+    reward_advantages,
+    rwr_weights,
+    step_policy_loss,
+)
 from rlaif.trainer.wavegrad2 import config as presets
 from rlaif.trainer.wavegrad2.model import WaveGrad2
 from rlaif.trainer.wavegrad2.sampling import (
@@ -228,3 +234,17 @@ def test_rwr_weights_are_exponentiated_rewards_normalised_per_group() -> None:
     assert torch.equal(w[2], torch.zeros(4))  # nothing scorable: no signal, still finite
     # A lower temperature (higher scale) concentrates the weight on the best sample.
     assert rwr_weights(rewards[:1], 50.0)[0, 3] > w[0, 3]
+
+
+def test_adaptive_diffusion_loss_weight_grows_near_the_bound_and_shrinks_to_its_floor() -> None:
+    """diffusionLossTarget 1.5: past the midway point 1.25 the weight doubles and the reward
+    term is dropped, under 1.125 the weight halves down to diffusionLossCoef, in between it
+    holds."""
+    target, floor = 1.5, 0.1
+    assert adapt_coefficient(0.4, 1.6, target, floor) == (0.8, True)
+    assert adapt_coefficient(0.4, 1.3, target, floor) == (0.8, True)
+    assert adapt_coefficient(0.4, 1.2, target, floor) == (0.4, False)
+    assert adapt_coefficient(0.4, 1.1, target, floor) == (0.2, False)
+    assert adapt_coefficient(0.15, 0.9, target, floor) == (floor, False)
+    assert adapt_coefficient(floor, 1.0, target, floor) == (floor, False)
+    assert adapt_coefficient(COEF_CEILING, 3.0, target, floor) == (COEF_CEILING, True)
