@@ -1,10 +1,10 @@
 """Audio plumbing shared by the policies: espeak-ng rendering and sample WAV files.
 
 espeak-ng renders through its library in worker processes (trainer/espeak_worker.py), one
-per core, started on first use: each loads the library and the voice once and forks a child
-per render, so every render is ``espeak-ng -m -v <voice>``'s audio to the sample, whatever
-was rendered before, without starting a program and loading its voice each time (about
-twice the CPU). Threads render in parallel, each on a worker of its own.
+per rendering thread, started on first use: each loads the library and the voice once and
+forks a child per render, so every render is ``espeak-ng -m -v <voice>``'s audio to the
+sample, whatever was rendered before, without starting a program and loading its voice
+each time (about twice the CPU). Threads render in parallel, each on a worker of its own.
 """
 
 from __future__ import annotations
@@ -29,13 +29,14 @@ import soundfile as sf
 from rlaif.audio import resample
 from rlaif.constants import SAMPLE_RATE
 from rlaif.files import atomic_write_bytes
+from rlaif.trainer import espeak_worker
+from rlaif.trainer.espeak_worker import CRASHED, NO_VOICE
 
 VOICE = "en-us"
 INSTALL_HINT = "apt-get install espeak-ng"
 TIMEOUT_S = 60.0
 """A render that takes longer is abandoned (its worker is killed and replaced)."""
-WORKER = Path(__file__).with_name("espeak_worker.py")
-NO_VOICE, CRASHED = -1, -2  # espeak_worker's answer statuses
+WORKER = Path(espeak_worker.__file__)
 
 
 class SpeechSynthesisError(RuntimeError):
