@@ -6,7 +6,8 @@ children from that cache.
 What wakes a reconciliation: a change to a job's or server's spec or metadata, a change to
 one of its children (the controller ownerReference names the parent), a pod of it or a
 FailedCreate Event about its trainer Job; a requeue every ``reconcileInterval`` while a job is
-not finished (timeouts, metrics); a full resync every ``resyncInterval``. There are no
+not finished (timeouts, metrics); a full resync every ``resyncInterval``. Of the objects
+due, the oldest job's run first (``_rank``). There are no
 timers, so there are no finalizers: children carry ownerReferences and Kubernetes' garbage
 collector deletes them with their parent, and deletes go through while the operator is down
 (a finalizer an older version left behind is taken off).
@@ -45,12 +46,13 @@ FAILED_CREATE = {"reason": "FailedCreate", "involvedObject.kind": "Job"}
 RETRY_SECONDS = max(1.0, CFG.reconcile_interval)
 """A failed reconciliation (API error) is retried this soon."""
 WORKERS = 8
+COALESCE_SECONDS = 0.05
+"""How long a parent waits after a child's change before its visit (see _enqueue_owner)."""
 SYNC_SECONDS = 60.0
 """How long the workers wait for every informer's first list before reconciling anyway."""
 KOPF_FINALIZER = "kopf.zalando.org/KopfFinalizerMarker"
 """Put on every object by the timers of versions before 0.2; taken off here."""
 
-QUEUE = WorkQueue()
 CACHE: Cache | None = None
 ELECTOR: leader.Elector | None = None
 """This replica's leader election, started with the operator when enabled."""
@@ -126,6 +128,24 @@ def build_cache(client: kube.Kube, namespaces: list[str] | None) -> Cache:
                   inf("v1", "Event", _event_changed, fields=FAILED_CREATE)])
 
 
+def _rank(key: QueueKey) -> float:
+    """Oldest job first: a job-owned server ranks as its job, by when each was first seen
+    (a shared server by its own arrival)."""
+    kind, namespace, name = key
+    if CACHE is None:
+        return 0.0
+    if kind == c.SERVER_KIND:
+        server = CACHE.informers[(c.API_VERSION, kind)].get(namespace, name)
+        ref = controller_of(server) if server is not None else None
+        if ref is not None and ref.get("kind") == c.JOB_KIND:
+            kind, name = c.JOB_KIND, ref["name"]
+    arrived = CACHE.informers[(c.API_VERSION, kind)].arrival(namespace, name)
+    return arrived if arrived is not None else time.monotonic()
+
+
+QUEUE = WorkQueue(_rank)
+
+
 def _desired(obj: Manifest | None) -> Manifest | None:
     """An object without its status and bookkeeping: what a change to it that needs a
     reconciliation changes (our own status writes come back as watch events too)."""
@@ -140,17 +160,19 @@ _current = threading.local()
 """The key the calling worker thread is reconciling, if any."""
 
 
-def _wake(key: QueueKey) -> None:
+def _wake(key: QueueKey, delay: float = 0.0) -> None:
     """Queue ``key`` for a change, unless the change is its own reconciliation's write (which
     reaches the cache, and so these handlers, from the worker thread that made it)."""
     if key != getattr(_current, "key", None):
-        QUEUE.add(key)
+        QUEUE.add(key, delay)
 
 
 def _enqueue_owner(obj: Manifest) -> None:
+    """Wake the parent of a changed child, COALESCE_SECONDS later: its children change in
+    bursts (three servers turning ready), and one visit then sees them all."""
     ref = controller_of(obj)
     if ref is not None and ref.get("apiVersion") == c.API_VERSION:
-        _wake((ref["kind"], obj["metadata"].get("namespace"), ref["name"]))
+        _wake((ref["kind"], obj["metadata"].get("namespace"), ref["name"]), COALESCE_SECONDS)
 
 
 def _job_changed(old: Manifest | None, new: Manifest | None) -> None:

@@ -10,6 +10,7 @@ object at a time (the informer, the resync and the per-job requeue may all ask t
 from __future__ import annotations
 
 import heapq
+import itertools
 import logging
 import threading
 import time
@@ -64,6 +65,8 @@ class Informer:
         self._by_label: dict[tuple[str, str], set[Key]] = {}
         """The keys of the stored objects carrying each label: a select reads the objects of
         its rarest label, not every object of the kind (1,000 jobs' worth on every visit)."""
+        self._arrived: dict[Key, float] = {}
+        """When each stored object was first stored (time.monotonic())."""
         self._lock = threading.Lock()
 
     def _wanted(self, obj: Manifest) -> bool:
@@ -103,6 +106,11 @@ class Informer:
         return [o for o in objs if matches(o, labels)
                 and (namespace is None or o["metadata"].get("namespace") == namespace)]
 
+    def arrival(self, namespace: str | None, name: str) -> float | None:
+        """When the object was first stored here, None if it is not."""
+        with self._lock:
+            return self._arrived.get((namespace, name))
+
     def items(self) -> list[Manifest]:
         with self._lock:
             return list(self._store.values())
@@ -137,8 +145,10 @@ class Informer:
                         del self._by_label[item]
             if obj is None:
                 self._store.pop(key, None)
+                self._arrived.pop(key, None)
             else:
                 self._store[key] = obj
+                self._arrived.setdefault(key, time.monotonic())
                 for item in _labels(obj):
                     self._by_label.setdefault(item, set()).add(key)
         if old != obj and self.on_change is not None:
@@ -219,13 +229,27 @@ QueueKey = tuple[str, str | None, str]
 """(kind, namespace, name)."""
 
 
+Rank = Callable[[QueueKey], float]
+"""Which due key goes first: the lowest rank."""
+
+
 class WorkQueue:
     """Objects to reconcile, each at most once at a time; a key asked for while it runs is
-    run again afterwards, and one asked for twice before it runs runs once."""
+    run again afterwards, and one asked for twice before it runs runs once. Of the keys due,
+    the lowest ``rank`` runs first (the operator ranks by job age, so a burst of jobs gets
+    its children job after job instead of every job at the end of the burst). ``rank`` is
+    called under the queue's lock, so it must not call ``add``."""
 
-    def __init__(self) -> None:
+    def __init__(self, rank: Rank | None = None) -> None:
+        self._rank = rank or (lambda key: 0.0)
         self._cond = threading.Condition()
         self._due: list[tuple[float, QueueKey]] = []
+        """Keys waiting for their time (superseded entries are skipped)."""
+        self._ready: list[tuple[float, int, QueueKey]] = []
+        """Keys whose time has come, by rank, then in the order they came due."""
+        self._ranks: dict[QueueKey, float] = {}
+        """The rank of each key in ``_ready``."""
+        self._order = itertools.count()
         self._when: dict[QueueKey, float] = {}
         self._running: set[QueueKey] = set()
         self._again: set[QueueKey] = set()
@@ -250,15 +274,17 @@ class WorkQueue:
         with self._cond:
             while not stop.is_set():
                 now = time.monotonic()
-                while self._due and self._when.get(self._due[0][1]) != self._due[0][0]:
-                    heapq.heappop(self._due)  # superseded by an earlier request
-                if self._due and self._due[0][0] <= now:
-                    key = heapq.heappop(self._due)[1]
+                while self._due and self._due[0][0] <= now:
+                    when, key = heapq.heappop(self._due)
+                    if self._when.get(key) == when and key not in self._ranks:
+                        self._ranks[key] = self._rank(key)
+                        heapq.heappush(self._ready, (self._ranks[key], next(self._order), key))
+                while self._ready:
+                    key = heapq.heappop(self._ready)[2]
+                    del self._ranks[key], self._when[key]
                     if key in self._running:  # its worker re-adds it when done
                         self._again.add(key)
-                        del self._when[key]
                         continue
-                    del self._when[key]
                     self._running.add(key)
                     return key
                 self._cond.wait(min(1.0, self._due[0][0] - now) if self._due else 1.0)

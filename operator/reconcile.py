@@ -97,9 +97,14 @@ def _conflict(kube: Session, body: Manifest, kind: str, exc: OwnershipConflict,
 def _events(old: list[dict[str, Any]], new: list[dict[str, Any]]) -> list[tuple[str, str, str]]:
     """One Event per (type, reason) among the conditions that changed: transitions that share
     a reason (Ready=False and RewardsReady=False, both RewardsNotReady) are one Event naming
-    both ("Ready=False, RewardsReady=False: waiting for ..."), not one API request each."""
+    both ("Ready=False, RewardsReady=False: waiting for ..."), not one API request each.
+    ChildrenReady set True for the first time is no news (nothing was ever refused), and no
+    Event: only its later changes are."""
     merged: dict[tuple[str, str], dict[str, list[str]]] = {}
     for cond in conditions.transitions(old, new):
+        if (cond["type"] == conditions.CHILDREN_READY and cond["status"] == "True"
+                and conditions.find(old, cond["type"]) is None):
+            continue
         bad = (cond["type"] in (c.COND_FAILED, c.COND_REWARD_HACKING)
                and cond["status"] == "True") or (
             cond["type"] == c.COND_READY and cond["status"] == "False"

@@ -187,3 +187,53 @@ def test_a_select_follows_label_changes_and_deletions() -> None:
     assert names("n", job="x") == set() and names("n", job="y") == {"a", "b"}
     informer.remove("n", "b")
     assert names("n", component="trainer") == {"a"} and names("n", job="z") == set()
+
+
+def test_due_keys_run_lowest_rank_first_and_delayed_ones_when_due() -> None:
+    ranks = {"late": 0.0, "c": 3.0, "a": 1.0, "b": 2.0}
+    queue, stop, seen = WorkQueue(lambda key: ranks[key[2]]), threading.Event(), []
+
+    def handle(key: tuple[str, str | None, str]) -> None:
+        seen.append(key[2])
+        if len(seen) == 4:
+            stop.set()
+
+    queue.add(("RLAIFJob", "ns", "late"), 0.3)  # best rank, but not due yet
+    for name in ("c", "a", "b"):
+        queue.add(("RLAIFJob", "ns", name))
+    worker = threading.Thread(target=queue.work, args=(handle, stop))
+    worker.start()
+    worker.join(5)
+    stop.set()
+    assert seen == ["a", "b", "c", "late"]
+
+
+def test_a_job_owned_server_ranks_as_its_job_oldest_first(monkeypatch: Any) -> None:
+    from rlaif import constants as c
+    from rlaif.operator import handlers
+    from rlaif.operator.informer import Cache
+
+    jobs = Informer(None, c.API_VERSION, c.JOB_KIND)  # type: ignore[arg-type]
+    servers = Informer(None, c.API_VERSION, c.SERVER_KIND)  # type: ignore[arg-type]
+    monkeypatch.setattr(handlers, "CACHE", Cache([jobs, servers]))
+
+    def obj(kind: str, name: str, owner: str | None = None) -> dict[str, Any]:
+        refs = [{"kind": c.JOB_KIND, "name": owner, "controller": True}] if owner else []
+        return {"kind": kind, "metadata": {"namespace": "ml", "name": name,
+                                           "ownerReferences": refs}}
+
+    for informer, body in ((jobs, obj(c.JOB_KIND, "old")), (jobs, obj(c.JOB_KIND, "new")),
+                           (servers, obj(c.SERVER_KIND, "new-asr", "new")),
+                           (servers, obj(c.SERVER_KIND, "old-asr", "old")),
+                           (servers, obj(c.SERVER_KIND, "shared"))):
+        informer.put(body)
+        threading.Event().wait(0.001)  # distinct arrival times
+
+    def rank(kind: str, name: str) -> float:
+        return handlers._rank((kind, "ml", name))
+
+    assert rank(c.SERVER_KIND, "old-asr") == rank(c.JOB_KIND, "old")
+    assert rank(c.SERVER_KIND, "new-asr") == rank(c.JOB_KIND, "new")
+    assert rank(c.JOB_KIND, "old") < rank(c.JOB_KIND, "new") < rank(c.SERVER_KIND, "shared")
+    jobs.remove("ml", "old")  # gone: its arrival is forgotten, so it ranks as new work
+    assert rank(c.JOB_KIND, "old") > rank(c.SERVER_KIND, "shared")

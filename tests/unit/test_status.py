@@ -148,10 +148,20 @@ def test_transitions_sharing_a_reason_are_one_event_naming_each() -> None:
         conds = conditions.set_condition(conds, type_, value, reason, message, T0)
     assert _events([], conds) == [
         ("Normal", "RewardsNotReady", f"RewardsReady=False, Ready=False: {waiting}"),
-        ("Normal", "Synced", "ChildrenReady=True: every child exists"),
         ("Warning", "RewardsNotReady", "Failed=True: gave up")]
     later = conditions.set_condition(conds, "Ready", False, "Starting", "trainers", T0)
     assert _events(conds, later) == [("Normal", "Starting", "Ready=False: trainers")]
+
+
+def test_children_ready_gets_an_event_only_once_something_was_refused() -> None:
+    synced = conditions.set_condition([], "ChildrenReady", True, "Synced", "every child", T0)
+    assert _events([], synced) == []
+    refused = conditions.set_condition(synced, "ChildrenReady", False, "QuotaExceeded",
+                                       "exceeded quota", T0)
+    assert _events(synced, refused) == [
+        ("Normal", "QuotaExceeded", "ChildrenReady=False: exceeded quota")]
+    again = conditions.set_condition(refused, "ChildrenReady", True, "Synced", "every child", T0)
+    assert _events(refused, again) == [("Normal", "Synced", "ChildrenReady=True: every child")]
 
 
 # --------------------------------------------------------------------------- pods and Jobs
