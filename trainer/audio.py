@@ -1,10 +1,11 @@
 """Audio plumbing shared by the policies: espeak-ng rendering and sample WAV files.
 
 espeak-ng renders through its library in worker processes (trainer/espeak_worker.py), one
-per rendering thread, started on first use: each loads the library and the voice once and
-forks a child per render, so every render is ``espeak-ng -m -v <voice>``'s audio to the
-sample, whatever was rendered before, without starting a program and loading its voice
-each time (about twice the CPU). Threads render in parallel, each on a worker of its own.
+per rendering thread and mode, started on first use: each loads the library and the voice
+once and forks a child per render, so every render is a function of its text alone,
+whatever was rendered before (SSML: ``espeak-ng -m -v <voice>``'s audio to the sample),
+without starting a program and loading its voice each time (about twice the CPU). Threads
+render in parallel, each on a worker of its own.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from rlaif.audio import resample
 from rlaif.constants import SAMPLE_RATE
 from rlaif.files import atomic_write_bytes
 from rlaif.trainer import espeak_worker
-from rlaif.trainer.espeak_worker import CRASHED, NO_VOICE
+from rlaif.trainer.espeak_worker import CRASHED, EVENT, NO_VOICE, PHONEMES, SSML
 
 VOICE = "en-us"
 INSTALL_HINT = "apt-get install espeak-ng"
@@ -48,11 +49,11 @@ class _WorkerLost(SpeechSynthesisError):
 
 
 class _Worker:
-    """One espeak_worker process and its pipes; used by one thread at a time."""
+    """One espeak_worker process (in one mode) and its pipes; used by one thread at a time."""
 
-    def __init__(self) -> None:
+    def __init__(self, mode: str) -> None:
         # its own session: a kill takes the render it forked too
-        self.proc = subprocess.Popen([sys.executable, "-I", str(WORKER), VOICE],
+        self.proc = subprocess.Popen([sys.executable, "-I", str(WORKER), VOICE, mode],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      start_new_session=True)
         try:
@@ -66,13 +67,13 @@ class _Worker:
                                        f"{why.decode(errors='replace')}")
         self.rate = rate
 
-    def render(self, ssml: str, voice: str) -> np.ndarray:
-        """int16 samples at ``self.rate``."""
+    def render(self, text: str, voice: str) -> bytes:
+        """The answer's payload (see espeak_worker)."""
         assert self.proc.stdin is not None
-        name, text = voice.encode(), ssml.encode()
+        name, data = voice.encode(), text.encode()
         try:
             self.proc.stdin.write(struct.pack("<I", len(name)) + name
-                                  + struct.pack("<I", len(text)) + text)
+                                  + struct.pack("<I", len(data)) + data)
             self.proc.stdin.flush()
         except OSError as exc:
             raise _WorkerLost(f"espeak-ng's worker is gone ({exc})") from None
@@ -81,8 +82,8 @@ class _Worker:
             raise SpeechSynthesisError(f"espeak-ng has no voice {voice!r}")
         if status != 0:
             what = "crashed on" if status == CRASHED else f"failed (error {status}) on"
-            raise SpeechSynthesisError(f"espeak-ng {what} {ssml[:80]!r}")
-        return np.frombuffer(samples, dtype="<i2")
+            raise SpeechSynthesisError(f"espeak-ng {what} {text[:80]!r}")
+        return samples
 
     def _answer(self) -> tuple[int, bytes]:
         status, size = struct.unpack("<iI", self._read(8))
@@ -110,11 +111,12 @@ class _Worker:
 
 
 class _Pool:
-    """Idle workers; a thread takes one (starting it if none is idle) for one render. A
-    worker that broke off (exited, timed out, interrupted) is killed, not returned: the next
-    render starts a fresh one."""
+    """Idle workers of one mode; a thread takes one (starting it if none is idle) for one
+    render. A worker that broke off (exited, timed out, interrupted) is killed, not
+    returned: the next render starts a fresh one."""
 
-    def __init__(self) -> None:
+    def __init__(self, mode: str) -> None:
+        self.mode = mode
         self.idle: queue.SimpleQueue[_Worker] = queue.SimpleQueue()
 
     @contextmanager
@@ -124,7 +126,7 @@ class _Pool:
             try:
                 worker = self.idle.get_nowait()
             except queue.Empty:
-                worker = _Worker()
+                worker = _Worker(self.mode)
             if worker.proc.poll() is not None:  # died while idle (killed, out of memory)
                 worker.close()
                 worker = None
@@ -150,16 +152,42 @@ class _Pool:
                 return
 
 
-_pool = _Pool()
-atexit.register(_pool.close)
+_pools = {mode: _Pool(mode) for mode in (SSML, PHONEMES)}
+
+
+@atexit.register
+def _close_pools() -> None:
+    for pool in _pools.values():
+        pool.close()
+
+
+def _render(mode: str, text: str, voice: str) -> tuple[bytes, int]:
+    """A worker's payload for ``text`` and its sample rate."""
+    with _pools[mode].take() as worker:
+        return worker.render(text, voice), worker.rate
+
+
+def _samples(payload: bytes) -> np.ndarray:
+    return np.frombuffer(payload, dtype="<i2").astype(np.float32) / 32768.0
 
 
 def espeak_ssml(ssml: str, voice: str = VOICE) -> np.ndarray:
     """Render SSML as ``espeak-ng -m -v <voice>`` would, to 16 kHz float32."""
-    with _pool.take() as worker:
-        samples = worker.render(ssml, voice)
-        rate = worker.rate
-    return resample(samples.astype(np.float32) / 32768.0, rate)
+    payload, rate = _render(SSML, ssml, voice)
+    return resample(_samples(payload), rate)
+
+
+def espeak_phonemes(text: str, voice: str = VOICE
+                    ) -> tuple[np.ndarray, int, list[tuple[str, int]]]:
+    """Speak plain ``text``: float32 audio at the library's rate, that rate, and each
+    phoneme espeak-ng spoke as (IPA name, or "" for a pause or word boundary; first
+    sample)."""
+    payload, rate = _render(PHONEMES, text, voice)
+    count = struct.unpack_from("<I", payload)[0]
+    end = 4 + count * EVENT.size
+    events = [(name.rstrip(b"\0").decode("utf-8", "replace"), sample)
+              for sample, name in EVENT.iter_unpack(payload[4:end])]
+    return _samples(payload[end:]), rate, events
 
 
 def write_wav(path: Path, audio: np.ndarray, rate: int = SAMPLE_RATE) -> None:

@@ -1,5 +1,6 @@
 """espeak-ng rendering through libespeak-ng: the CLI's audio sample for sample, whatever was
-rendered before and however many threads render at once; then RenderQueue with real renders:
+rendered before and however many threads render at once; a dead worker of either mode is
+replaced; then RenderQueue with real renders:
 threads give the same audio in the same order as rendering inline, renders overlap, a group is
 handed over once the next one is queued, and a renderer's error reaches the rollout."""
 
@@ -12,6 +13,7 @@ import subprocess
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -22,8 +24,8 @@ import soundfile as sf
 from rlaif.audio import resample
 from rlaif.constants import SAMPLE_RATE
 from rlaif.data import Prompt
-from rlaif.trainer import audio
-from rlaif.trainer.audio import SpeechSynthesisError, espeak_ssml
+from rlaif.trainer import audio, espeak_worker
+from rlaif.trainer.audio import SpeechSynthesisError, espeak_phonemes, espeak_ssml
 from rlaif.trainer.rendering import RenderQueue
 
 SSML = [
@@ -77,23 +79,28 @@ def test_an_unknown_voice_is_a_clear_error_and_leaves_nothing_behind() -> None:
     assert np.array_equal(espeak_ssml(SSML[2]), espeak_cli(SSML[2]))
 
 
-def test_a_worker_that_died_is_replaced() -> None:
-    espeak_ssml(SSML[1])
-    idle = idle_workers()
+@pytest.mark.parametrize(("mode", "render"), [
+    (espeak_worker.SSML, espeak_ssml),
+    (espeak_worker.PHONEMES, lambda text: espeak_phonemes(text)[0])])
+def test_a_worker_that_died_is_replaced(mode: str, render: Callable[[str], np.ndarray]
+                                        ) -> None:
+    before = render("Where is it?")
+    idle = idle_workers(mode)
     assert idle
     for worker in idle:  # as the OOM killer would
         os.kill(worker.proc.pid, signal.SIGKILL)
         worker.proc.wait()
-    assert np.array_equal(espeak_ssml(SSML[2]), espeak_cli(SSML[2]))
+    assert np.array_equal(render("Where is it?"), before)
+    assert all(worker.proc.poll() is None for worker in idle_workers(mode))
 
 
-def idle_workers() -> list[audio._Worker]:
-    """The rendering pool's idle workers (put back in the pool)."""
-    workers = []
-    while not audio._pool.idle.empty():
-        workers.append(audio._pool.idle.get_nowait())
+def idle_workers(mode: str) -> list[audio._Worker]:
+    """The ``mode`` pool's idle workers (put back in the pool)."""
+    pool, workers = audio._pools[mode], []
+    while not pool.idle.empty():
+        workers.append(pool.idle.get_nowait())
     for worker in workers:
-        audio._pool.idle.put(worker)
+        pool.idle.put(worker)
     return workers
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import pytest
 import torch
@@ -16,7 +18,7 @@ from rlaif.trainer.wavegrad2.corpus import (
     read_metadata,
     write_espeak_corpus,
 )
-from rlaif.trainer.wavegrad2.frontend import PAUSE, START, phonemize, speak
+from rlaif.trainer.wavegrad2.frontend import PAUSE, START, Speech, phonemize, speak
 from rlaif.trainer.wavegrad2.modeldir import WEIGHTS_FILE, load_model, save_model
 from rlaif.trainer.wavegrad2.pretrain import config_for, pretrain
 
@@ -40,6 +42,37 @@ def test_espeak_reports_ordered_phonemes_inside_the_audio() -> None:
     assert 0 < speech.starts[-1] <= len(speech.audio)
     assert np.abs(speech.audio).max() > 0.05  # real speech, not silence
     assert phonemize("Open the door, please.") == speech.phonemes
+
+
+def test_a_text_is_spoken_the_same_whatever_was_spoken_before() -> None:
+    """libespeak-ng keeps state between syntheses (in one process the same text came out
+    16,707 to 16,725 samples long); every render starts from a fresh fork instead."""
+    first = speak(TEXTS[0])
+    again = [speak(text) for text in [TEXTS[0], TEXTS[1], TEXTS[0], "Hello there, friend!",
+                                      TEXTS[0], TEXTS[0]]]
+    with ThreadPoolExecutor(3) as pool:
+        threaded = list(pool.map(speak, [TEXTS[2], TEXTS[0]] * 3))
+    for speech in [again[0], again[2], *again[4:], *threaded[1::2]]:
+        assert same(speech, first)
+    assert not same(again[1], first) and all(same(s, threaded[0]) for s in threaded[::2])
+
+
+def same(a: Speech, b: Speech) -> bool:
+    return (a.phonemes == b.phonemes and a.starts == b.starts and a.sample_rate == b.sample_rate
+            and np.array_equal(a.audio, b.audio))
+
+
+@pytest.mark.parametrize("text", ["", " \n\t "])
+def test_an_empty_text_is_a_clear_error(text: str) -> None:
+    with pytest.raises(ValueError, match="cannot phonemise an empty text"):
+        speak(text)
+
+
+def test_markup_is_plain_text_and_text_that_is_not_utf8_is_refused() -> None:
+    assert " ".join(phonemize("<<<>>> & <foo")) == "^ _ _ _ æ n d _ _ f uː _ _"
+    with pytest.raises(UnicodeEncodeError, match="surrogates not allowed"):
+        speak("lone \ud800 surrogate")
+    assert phonemize("Hello.")[:3] == [START, "h", "ə"]  # and the next text is spoken
 
 
 def test_durations_follow_espeak_timing_scaled_to_the_recording() -> None:

@@ -19,7 +19,8 @@ from rlaif.trainer.wavegrad2.corpus import METADATA, WAVS, write_espeak_corpus
 from rlaif.trainer.wavegrad2.modeldir import WEIGHTS_FILE
 from rlaif.trainer.wavegrad2.pretrain import pretrain
 
-BUILTIN_NAME = "wavegrad2-tiny-v1"
+BUILTIN_NAME = "wavegrad2-tiny-v2"
+"""v2: its corpus spoken by the deterministic front end (v1 renders depended on the order)."""
 TEXTS = [
     "The cat sat on the mat.", "A quick brown fox jumps.", "She sells sea shells.",
     "Good morning to you all.", "We will meet again soon.", "The rain falls on the plain.",
