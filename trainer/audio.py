@@ -162,7 +162,9 @@ def _close_pools() -> None:
 
 
 def _render(mode: str, text: str, voice: str) -> tuple[bytes, int]:
-    """A worker's payload for ``text`` and its sample rate."""
+    """A worker's payload for ``text`` and its sample rate. Encoded first: text that is not
+    UTF-8 is refused before it can cost a worker."""
+    text.encode(), voice.encode()
     with _pools[mode].take() as worker:
         return worker.render(text, voice), worker.rate
 

@@ -9,6 +9,8 @@ import pytest
 import torch
 
 from rlaif.cli import main as cli
+from rlaif.trainer import audio
+from rlaif.trainer.espeak_worker import PHONEMES
 from rlaif.trainer.wavegrad2 import config as presets
 from rlaif.trainer.wavegrad2.config import WaveGrad2Config
 from rlaif.trainer.wavegrad2.corpus import (
@@ -70,8 +72,11 @@ def test_an_empty_text_is_a_clear_error(text: str) -> None:
 
 def test_markup_is_plain_text_and_text_that_is_not_utf8_is_refused() -> None:
     assert " ".join(phonemize("<<<>>> & <foo")) == "^ _ _ _ æ n d _ _ f uː _ _"
+    idle = audio._pools[PHONEMES].idle
+    workers = idle.qsize()
     with pytest.raises(UnicodeEncodeError, match="surrogates not allowed"):
         speak("lone \ud800 surrogate")
+    assert idle.qsize() == workers  # refused before it could cost a worker
     assert phonemize("Hello.")[:3] == [START, "h", "ə"]  # and the next text is spoken
 
 
