@@ -288,14 +288,15 @@ class Emulator(kmock.KubernetesEmulator, _DirectAnswers):  # type: ignore[misc]
             mark = await bus.mark()
             events = [{"type": "ADDED", "object": obj.raw}
                       for key, obj in self.objects.items()
-                      if self._watched(request, key[0], key[1], key[2]) and not obj.deleted]
+                      if self._watched(request, key[0], key[1], key[2]) and not obj.deleted
+                      and selected(request, obj.raw)]
         try:
             for event in events:
                 yield event
             async for event in bus.stream(since=mark):
                 meta = (event.get("object") or {}).get("metadata") or {}
                 if self._watched(request, request.resource, meta.get("namespace"),
-                                 meta.get("name")):
+                                 meta.get("name")) and selected(request, event.get("object")):
                     yield event
         finally:
             await bus.unmark(mark)
@@ -312,6 +313,7 @@ class Emulator(kmock.KubernetesEmulator, _DirectAnswers):  # type: ignore[misc]
         assert isinstance(listed, dict)  # kmock serves a list as a dict of its items
         assert request.resource is not None  # kmock lists known resources only (else 404)
         out = dict(listed)
+        out["items"] = [o for o in out.get("items") or [] if selected(request, o)]
         info = self.resources[request.resource]
         group, version = request.resource.group, request.resource.version
         out["apiVersion"] = f"{group}/{version}" if group else version
@@ -336,6 +338,43 @@ def _scale_view(request: kmock.Request, obj: dict[str, Any]) -> dict[str, Any]:
 PRINTER_COLUMNS = {crd["spec"]["names"]["plural"]: crd["spec"]["versions"][0].get(
     "additionalPrinterColumns", []) for crd in all_crds().values()}
 JSON_PATH_STEP = re.compile(r'\.(\w+)|\[\?\(@\.(\w+)=="([^"]*)"\)\]')
+
+
+_TERM = re.compile(r"^\s*(!?)([\w./-]+)\s*(?:(==|=|!=)\s*([\w./-]*))?\s*$")
+
+
+def selected(request: kmock.Request, obj: Any) -> bool:
+    """Whether ``obj`` passes the request's labelSelector and fieldSelector, as the API
+    server filters lists and watches (kmock ignores both): equality, inequality and
+    existence terms. A selector with a term it cannot read (set-based: ``in``, ``notin``)
+    selects everything, as kmock did."""
+    if not isinstance(obj, dict):
+        return True
+    for param, value_of in (("labelSelector", _label), ("fieldSelector", _field)):
+        selector = request.params.get(param) or ""
+        terms = [_TERM.match(t) for t in re.split(r",(?![^(]*\))", selector) if t.strip()]
+        for match in terms if all(terms) else []:
+            assert match is not None
+            negate, key, op, want = match.groups()
+            have = value_of(obj, key)
+            if op is None:
+                ok = (have is None) == bool(negate)
+            else:
+                ok = (have == want) == (op != "!=") if have is not None else op == "!="
+            if not ok:
+                return False
+    return True
+
+
+def _label(obj: dict[str, Any], key: str) -> str | None:
+    return ((obj.get("metadata") or {}).get("labels") or {}).get(key)
+
+
+def _field(obj: dict[str, Any], key: str) -> str | None:
+    node: Any = obj
+    for part in key.split("."):
+        node = node.get(part) if isinstance(node, dict) else None
+    return None if node is None else str(node)
 
 
 def _table(request: kmock.Request, objects: list[dict[str, Any]]) -> dict[str, Any] | None:

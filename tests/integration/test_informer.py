@@ -18,10 +18,10 @@ SELECTOR = "labelSelector=app.kubernetes.io%2Fmanaged-by%3Drlaif-operator"
 
 
 class RecordingKube(Kube):
-    """The real client, noting each URL it asks for (the emulator ignores selectors, so the
-    URL is where the server-side selector shows)."""
+    """The real client, noting each URL it asks for and each object its watches received."""
 
     urls: list[str]
+    streamed: list[Manifest]
 
     def request(self, method: str, url: str, body: Any = None,
                 content_type: str = "application/json") -> Manifest | None:
@@ -30,7 +30,9 @@ class RecordingKube(Kube):
 
     def stream(self, url: str, timeout: float) -> Iterator[Manifest]:
         self.urls.append(f"WATCH {url}")
-        return super().stream(url, timeout)
+        for event in super().stream(url, timeout):
+            self.streamed.append(event["object"])
+            yield event
 
 
 def deployment(name: str, labels: dict[str, str]) -> Manifest:
@@ -42,7 +44,7 @@ def deployment(name: str, labels: dict[str, str]) -> Manifest:
 def test_informer_lists_and_watches_only_owned_objects(tmp_path: Path) -> None:
     with EmulatedCluster(tmp_path) as cluster:
         kube = RecordingKube(cluster.client().api)
-        kube.urls = []
+        kube.urls, kube.streamed = [], []
         kube.create(deployment("ours", OWNED))
         kube.create(deployment("theirs", {"app": "other"}))
         changes: list[tuple[Manifest | None, Manifest | None]] = []
@@ -56,6 +58,8 @@ def test_informer_lists_and_watches_only_owned_objects(tmp_path: Path) -> None:
             assert cache.of("apps/v1", "Deployment") is informer
             assert informer.get("ns", "ours") is not None
             assert informer.get("ns", "theirs") is None
+            informer.put(deployment("foreign", {"app": "other"}))  # as from a server that
+            assert informer.get("ns", "foreign") is None  # ignores selectors: filtered here
             kube.patch("apps/v1", "Deployment", "ns", "ours", {"spec": {"replicas": 3}})
             kube.patch("apps/v1", "Deployment", "ns", "theirs", {"spec": {"replicas": 3}})
             wait_for(lambda: (informer.get("ns", "ours") or {}).get("spec", {}).get(
@@ -73,3 +77,37 @@ def test_informer_lists_and_watches_only_owned_objects(tmp_path: Path) -> None:
     ours = [url for url in kube.urls if "/deployments?" in url]
     assert [url.split()[0] for url in ours][:2] == ["GET", "WATCH"]
     assert all(SELECTOR in url for url in ours)
+
+
+def test_the_events_watch_gets_only_failed_creates_of_jobs(tmp_path: Path) -> None:
+    """The field selector is applied by the server (the emulator, as an API server does), so
+    the operator does not stream every Event of the cluster."""
+    def event(name: str, reason: str, kind: str) -> Manifest:
+        return {"apiVersion": "v1", "kind": "Event", "reason": reason,
+                "metadata": {"name": name, "namespace": "ns"},
+                "involvedObject": {"kind": kind, "name": "x", "namespace": "ns"}}
+
+    fields = {"reason": "FailedCreate", "involvedObject.kind": "Job"}
+    with EmulatedCluster(tmp_path) as cluster:
+        kube = RecordingKube(cluster.client().api)
+        kube.urls, kube.streamed = [], []
+        kube.create(event("listed", "FailedCreate", "Job"))
+        kube.create(event("pulled", "Pulled", "Pod"))
+        informer = Informer(kube, "v1", "Event", fields=fields)
+        stop = threading.Event()
+        Cache([informer]).start(stop)
+        try:
+            assert informer.synced.wait(10)
+            kube.create(event("watched", "FailedCreate", "Job"))
+            kube.create(event("other-kind", "FailedCreate", "Pod"))
+            kube.create(event("other-reason", "Scheduled", "Job"))
+            wait_for(lambda: informer.get("ns", "watched") is not None, what="the watched Event")
+        finally:
+            stop.set()
+            kube.create(event("last", "FailedCreate", "Job"))  # the watch sees stop then
+            wait_for(lambda: not [t for t in threading.enumerate()
+                                  if t.name.startswith("watch-")], what="the watch to end")
+    assert {e["metadata"]["name"] for e in informer.items()} >= {"listed", "watched"}
+    streamed = {e["metadata"]["name"] for e in kube.streamed}
+    assert "watched" in streamed
+    assert streamed <= {"listed", "watched", "last"}  # (a watch starts with a snapshot)
