@@ -29,7 +29,7 @@ import kopf
 import prometheus_client
 
 from rlaif import constants as c
-from rlaif.operator import admission, kube, leader, reconcile, telemetry
+from rlaif.operator import admission, events, kube, leader, reconcile, telemetry
 from rlaif.operator import server_builders as sb
 from rlaif.operator.informer import Cache, Informer, QueueKey, WorkQueue
 from rlaif.operator.kube import Manifest, controller_of
@@ -54,9 +54,11 @@ KOPF_FINALIZER = "kopf.zalando.org/KopfFinalizerMarker"
 """Put on every object by the timers of versions before 0.2; taken off here."""
 
 CACHE: Cache | None = None
+RECORDER: events.Recorder | None = None
 ELECTOR: leader.Elector | None = None
 """This replica's leader election, started with the operator when enabled."""
 _stop = threading.Event()
+_recording: list[threading.Thread] = []
 _scraped: dict[QueueKey, float] = {}
 """When each running job's rank 0 was last scraped (once per reconcileInterval)."""
 
@@ -90,9 +92,12 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
                                  CFG.lease_seconds)
         threading.Thread(target=ELECTOR.run, args=(_stop,), name="leader-election",
                          daemon=True).start()
-    global CACHE
+    global CACHE, RECORDER
     CACHE = build_cache(kube.client(), watch_namespaces(sys.argv))
     CACHE.start(_stop)
+    RECORDER = events.Recorder(kube.client(), QUEUE.idle_for)
+    _recording.append(threading.Thread(target=RECORDER.run, args=(_stop,), name="events"))
+    _recording[0].start()
     for i in range(WORKERS):
         threading.Thread(target=_work, args=(CACHE,), name=f"reconcile-{i}",
                          daemon=True).start()
@@ -104,6 +109,8 @@ def stop_leading(**_: Any) -> None:
     _stop.set()
     if ELECTOR is not None:
         ELECTOR.release()
+    for thread in _recording:  # the Events still waiting
+        thread.join(events.FLUSH_SECONDS + 1)
 
 
 def webhook_server(cfg: OperatorConfig) -> kopf.WebhookServer:
@@ -274,6 +281,14 @@ def _drop_kopf_finalizer(session: kube.Session, body: Manifest) -> None:
                          "resourceVersion": meta.get("resourceVersion")}})
 
 
+def _post(session: kube.Session, about: Manifest, type_: str, reason: str,
+          message: str) -> None:
+    if RECORDER is not None:
+        RECORDER.record(about, type_, reason, message)
+    else:
+        session.kube.post_event(about, type_, reason, message)
+
+
 def _run(kind: str, namespace: str | None, name: str) -> float | None:
     """One reconciliation of one object; the seconds until it should run again, if ever."""
     session = kube.client().session(CACHE)
@@ -288,8 +303,7 @@ def _run(kind: str, namespace: str | None, name: str) -> float | None:
     if kind == c.JOB_KIND:
         if reconcile.expired(fresh, now):
             session.delete(c.API_VERSION, kind, namespace, name)
-            session.kube.post_event(fresh, "Normal", "Expired",
-                                    "deleted after ttlSecondsAfterFinished")
+            _post(session, fresh, "Normal", "Expired", "deleted after ttlSecondsAfterFinished")
             return None
         key, clock = (kind, namespace, name), time.monotonic()
         scrape = CFG.scrape_metrics and clock - _scraped.get(key, -1e9) >= \
@@ -300,7 +314,7 @@ def _run(kind: str, namespace: str | None, name: str) -> float | None:
     else:
         outcome = reconcile.reconcile_server(session, fresh, now)
     for type_, reason, message in outcome.events:
-        session.kube.post_event(fresh, type_, reason, message)
+        _post(session, fresh, type_, reason, message)
     if outcome.retry:
         return RETRY_SECONDS
     return reconcile.next_visit(fresh, outcome, CFG.reconcile_interval, now) \

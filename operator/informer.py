@@ -253,6 +253,8 @@ class WorkQueue:
         self._when: dict[QueueKey, float] = {}
         self._running: set[QueueKey] = set()
         self._again: set[QueueKey] = set()
+        self._active = time.monotonic()
+        """When a key last ran or was due, as ``idle_for`` saw it or a worker finished."""
 
     def add(self, key: QueueKey, delay: float = 0.0) -> None:
         """Reconcile ``key`` in ``delay`` seconds (or sooner, if already asked for sooner)."""
@@ -269,6 +271,14 @@ class WorkQueue:
 
     def __len__(self) -> int:
         return len(self._when)
+
+    def idle_for(self) -> float:
+        """Seconds since a key last ran or was due (0 while one is)."""
+        with self._cond:
+            now = time.monotonic()
+            if self._running or self._ready or (self._due and self._due[0][0] <= now):
+                self._active = now
+            return now - self._active
 
     def _take(self, stop: threading.Event) -> QueueKey | None:
         with self._cond:
@@ -293,6 +303,7 @@ class WorkQueue:
     def _done(self, key: QueueKey) -> None:
         with self._cond:
             self._running.discard(key)
+            self._active = time.monotonic()
             again = key in self._again
             self._again.discard(key)
         if again:

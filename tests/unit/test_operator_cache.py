@@ -237,3 +237,24 @@ def test_a_job_owned_server_ranks_as_its_job_oldest_first(monkeypatch: Any) -> N
     assert rank(c.JOB_KIND, "old") < rank(c.JOB_KIND, "new") < rank(c.SERVER_KIND, "shared")
     jobs.remove("ml", "old")  # gone: its arrival is forgotten, so it ranks as new work
     assert rank(c.JOB_KIND, "old") > rank(c.SERVER_KIND, "shared")
+
+
+def test_the_queue_is_idle_only_once_nothing_runs_or_is_due() -> None:
+    queue, stop, release = WorkQueue(), threading.Event(), threading.Event()
+    queue.add(("RLAIFJob", "ns", "a"))
+    assert queue.idle_for() == 0.0  # due
+    worker = threading.Thread(target=queue.work, args=(lambda key: release.wait(5), stop))
+    worker.start()
+    stop.wait(0.1)
+    assert queue.idle_for() == 0.0  # running
+    release.set()
+    for _ in range(100):  # until the worker is done
+        if queue.idle_for() > 0:
+            break
+        stop.wait(0.05)
+    stop.wait(0.2)
+    assert queue.idle_for() >= 0.2
+    queue.add(("RLAIFJob", "ns", "b"), delay=60)  # due later: still idle now
+    assert queue.idle_for() >= 0.2
+    stop.set()
+    worker.join(5)
