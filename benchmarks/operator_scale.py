@@ -140,7 +140,9 @@ def measure(n: int, interval: float, rest_seconds: float) -> dict[str, Any]:
             to_trainers = emu.operator_requests - start_requests
             cpu_to_trainers = _proc(operator.pid)[1] - cpu_start
             first, every, counts = _latencies(emu, n)
-            time.sleep(interval)  # let the last status writes settle
+            # Let the last status writes, and the Events that wait for a quiet operator
+            # (up to 5 s), settle.
+            time.sleep(interval + 5)
             rest_start, (_, cpu0), w0 = emu.operator_requests, _proc(operator.pid), \
                 time.monotonic()
             verbs0, leases0 = dict(emu.operator_verbs), emu.operator_resources["leases"]

@@ -34,7 +34,11 @@ class Recorder:
         self.dropped = 0
 
     def record(self, about: Manifest, type_: str, reason: str, message: str) -> None:
-        """Queue an Event about ``about``; returns at once."""
+        """Queue an Event about ``about``; returns at once. Only what the Event names is
+        kept, not the object (a burst's waiting Events would hold every old version)."""
+        meta = about["metadata"]
+        about = {"apiVersion": about["apiVersion"], "kind": about["kind"],
+                 "metadata": {k: meta.get(k) for k in ("name", "namespace", "uid")}}
         with self._cond:
             if len(self._pending) == self._pending.maxlen:  # the append drops the oldest
                 self.dropped += 1
