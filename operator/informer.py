@@ -247,8 +247,8 @@ class WorkQueue:
         """Keys waiting for their time (superseded entries are skipped)."""
         self._ready: list[tuple[float, int, QueueKey]] = []
         """Keys whose time has come, by rank, then in the order they came due."""
-        self._ranks: dict[QueueKey, float] = {}
-        """The rank of each key in ``_ready``."""
+        self._queued: set[QueueKey] = set()
+        """The keys in ``_ready``."""
         self._order = itertools.count()
         self._when: dict[QueueKey, float] = {}
         self._running: set[QueueKey] = set()
@@ -286,12 +286,13 @@ class WorkQueue:
                 now = time.monotonic()
                 while self._due and self._due[0][0] <= now:
                     when, key = heapq.heappop(self._due)
-                    if self._when.get(key) == when and key not in self._ranks:
-                        self._ranks[key] = self._rank(key)
-                        heapq.heappush(self._ready, (self._ranks[key], next(self._order), key))
+                    if self._when.get(key) == when and key not in self._queued:
+                        self._queued.add(key)
+                        heapq.heappush(self._ready, (self._rank(key), next(self._order), key))
                 while self._ready:
                     key = heapq.heappop(self._ready)[2]
-                    del self._ranks[key], self._when[key]
+                    self._queued.discard(key)
+                    del self._when[key]
                     if key in self._running:  # its worker re-adds it when done
                         self._again.add(key)
                         continue
