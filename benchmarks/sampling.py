@@ -52,7 +52,7 @@ def main() -> int:
                 ) -> Callable[[Sequence[Prompt]], list[np.ndarray]]:
         def run(step: Sequence[Prompt]) -> list[np.ndarray]:
             audio: list[np.ndarray] = []
-            with RenderQueue(policy.render, policy.render_in_threads, audio) as renders:
+            with RenderQueue.of(policy, audio) as renders:
                 for prompt, done in zip(step, sample(step), strict=True):
                     renders.add(policy.completion_tokens(done.ids, done.mask), prompt)
             return audio

@@ -272,7 +272,7 @@ def run_trl(job: RLAIFJob, endpoints: list[RewardEndpoint], steps: int,
         groups = [prompts[i] for i in index[::grpo.group_size]]
         collector = RewardCollector(client, groups, grpo.group_size, step[0], 0, overlap=True)
         audio: list[np.ndarray] = []
-        with RenderQueue(policy.render, policy.render_in_threads, audio, collector) as renders:
+        with RenderQueue.of(policy, audio, collector) as renders:
             for g, prompt in enumerate(groups):
                 rows = completion_ids[g * grpo.group_size:(g + 1) * grpo.group_size]
                 renders.add([r[:-1] if r and r[-1] == policy.stop_id else r for r in rows],

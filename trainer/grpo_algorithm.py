@@ -68,8 +68,7 @@ class GRPOAlgorithm:
         sampled = self.policy.sample_groups(prompts, self.group_size, self.grpo.max_new_tokens,
                                             self.grpo.temperature, self.grpo.top_p)
         audio: list[np.ndarray] = []
-        with RenderQueue(self.policy.render, self.policy.render_in_threads, audio,
-                         on_audio) as renders:
+        with RenderQueue.of(self.policy, audio, on_audio) as renders:
             for prompt, done in zip(prompts, sampled, strict=True):
                 renders.add(self.policy.completion_tokens(done.ids, done.mask), prompt)
         groups = [GroupSamples(p, c) for p, c in zip(prompts, sampled, strict=True)]
@@ -194,7 +193,7 @@ def speak(policy: SpeechLMPolicy, prompts: Sequence[Prompt], seeds: Sequence[int
     on the base and the trained policy with the same seeds: paired samples."""
     audio: list[np.ndarray] = []
     devices = [policy.device] if policy.device.type == "cuda" else []
-    with RenderQueue(policy.render, policy.render_in_threads, audio) as renders:
+    with RenderQueue.of(policy, audio) as renders:
         for prompt, seed in zip(prompts, seeds, strict=True):
             with torch.random.fork_rng(devices=devices):
                 torch.manual_seed(seed)

@@ -216,6 +216,12 @@ class SpeechLMPolicy(ABC):
     def render(self, ids: list[int], prompt: Prompt) -> np.ndarray:
         """A completion's tokens (up to, without, the stop step) -> 16 kHz float32 audio."""
 
+    def render_group(self, completions: list[list[int]], prompt: Prompt) -> list[np.ndarray]:
+        """``render`` of each of a group's completions, in order. A policy whose renderer
+        can do a group in one batch (codec decoders) overrides this; the audio must stay
+        what ``render`` gives each sample."""
+        return [self.render(ids, prompt) for ids in completions]
+
     def completion_tokens(self, ids: torch.Tensor, mask: torch.Tensor) -> list[list[int]]:
         """Each row's generated tokens without padding and without the stop token."""
         rows = []

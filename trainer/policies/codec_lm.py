@@ -38,7 +38,8 @@ from rlaif.api.models import LoraSpec, PolicySpec
 from rlaif.audio import resample
 from rlaif.constants import SAMPLE_RATE
 from rlaif.data import Prompt, VoiceReference
-from rlaif.trainer.policies.base import TokenLMPolicy, TokenSlice, silence
+from rlaif.trainer.policies.base import TokenLMPolicy, TokenSlice
+from rlaif.trainer.rendering import render_codes
 
 SETTINGS_FILE = "rlaif_codec_lm.json"
 LLASA_USER = ("Convert the text to speech:<|TEXT_UNDERSTANDING_START|>{text}"
@@ -197,17 +198,14 @@ class CodecLM(TokenLMPolicy):
         grid = torch.tensor(flat[:frames * self.n_codebooks], dtype=torch.long)
         return grid.view(frames, self.n_codebooks).T.unsqueeze(0)
 
-    @torch.no_grad()
     def render(self, ids: list[int], prompt: Prompt) -> np.ndarray:
-        codes = self.codes(ids)
-        if codes.shape[-1] == 0:
-            return silence()
-        prefix = (self.voice_codes(prompt.reference).unsqueeze(0) if prompt.reference
-                  else codes[..., :0])
-        whole = torch.cat([prefix, codes], dim=-1).to(self.device)
-        wave = self.codec.decode(audio_codes=whole).audio_values.reshape(-1).float().cpu()
-        cut = wave.shape[0] * prefix.shape[-1] // whole.shape[-1]  # Llasa: drop the voice part
-        return resample(np.clip(wave[cut:].numpy(), -1.0, 1.0), self.codec_rate)
+        return self.render_group([ids], prompt)[0]
+
+    def render_group(self, completions: list[list[int]], prompt: Prompt) -> list[np.ndarray]:
+        """The group's codes decoded in batches (trainer/rendering.py), each after the voice
+        prompt's codes, whose part of the audio is cut off."""
+        prefix = self.voice_codes(prompt.reference) if prompt.reference else None
+        return render_codes(self.codec, [self.codes(ids)[0] for ids in completions], prefix)
 
     def describe(self, ids: list[int]) -> str:
         return f"{len(ids) // self.n_codebooks} frames"

@@ -37,9 +37,9 @@ from rlaif.trainer.policies.base import (
     Completions,
     SpeechLMPolicy,
     entropy_of,
-    silence,
     top_p_sample,
 )
+from rlaif.trainer.rendering import render_codes
 
 SPEAKER = 0
 """CSM's speaker id for the generated turn and for a voice prompt's context segment."""
@@ -212,13 +212,13 @@ class CSM(SpeechLMPolicy):
             rows.append(kept.flatten().tolist())
         return rows
 
-    @torch.no_grad()
     def render(self, ids: list[int], prompt: Prompt) -> np.ndarray:
-        if not ids:
-            return silence()
-        codes = torch.tensor(ids, dtype=torch.long).view(-1, self.n_codebooks).T[None]
-        wave = self.codec.decode(codes.to(self.device)).audio_values.reshape(-1).float().cpu()
-        return resample(np.clip(wave.numpy(), -1.0, 1.0), self.codec_rate)
+        return self.render_group([ids], prompt)[0]
+
+    def render_group(self, completions: list[list[int]], prompt: Prompt) -> list[np.ndarray]:
+        """The group's frames decoded by Mimi in one batch, right-padded (trainer/rendering.py)."""
+        return render_codes(self.codec, [torch.tensor(ids, dtype=torch.long)
+                                         .view(-1, self.n_codebooks).T for ids in completions])
 
     def describe(self, ids: list[int]) -> str:
         return f"{len(ids) // self.n_codebooks} frames"
