@@ -96,7 +96,8 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     CACHE = build_cache(kube.client(), watch_namespaces(sys.argv))
     CACHE.start(_stop)
     RECORDER = events.Recorder(kube.client(), QUEUE.idle_for)
-    _recording.append(threading.Thread(target=RECORDER.run, args=(_stop,), name="events"))
+    _recording.append(threading.Thread(target=RECORDER.run, args=(_stop,), name="events",
+                                     daemon=True))
     _recording[0].start()
     for i in range(WORKERS):
         threading.Thread(target=_work, args=(CACHE,), name=f"reconcile-{i}",

@@ -198,7 +198,7 @@ def test_due_keys_run_lowest_rank_first_and_delayed_ones_when_due() -> None:
         if len(seen) == 4:
             stop.set()
 
-    queue.add(("RLAIFJob", "ns", "late"), 0.3)  # best rank, but not due yet
+    queue.add(("RLAIFJob", "ns", "late"), 1.0)  # best rank, but not due yet
     for name in ("c", "a", "b"):
         queue.add(("RLAIFJob", "ns", name))
     worker = threading.Thread(target=queue.work, args=(handle, stop))
