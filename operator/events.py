@@ -31,7 +31,20 @@ class Recorder:
         self._pending: collections.deque[tuple[float, Manifest, str, str, str]] = \
             collections.deque(maxlen=limit)
         self._cond = threading.Condition()
+        self._thread: threading.Thread | None = None
         self.dropped = 0
+
+    def start(self, stop: threading.Event) -> None:
+        """Post from a thread of its own until ``stop`` (a daemon: ``join`` waits for the
+        flush, and an operator whose cleanup never ran still exits)."""
+        self._thread = threading.Thread(target=self.run, args=(stop,), name="events",
+                                        daemon=True)
+        self._thread.start()
+
+    def join(self) -> None:
+        """Wait for the thread started by ``start`` to post what is left."""
+        if self._thread is not None:
+            self._thread.join(FLUSH_SECONDS + 1)
 
     def record(self, about: Manifest, type_: str, reason: str, message: str) -> None:
         """Queue an Event about ``about``; returns at once. Only what the Event names is

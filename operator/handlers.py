@@ -58,7 +58,6 @@ RECORDER: events.Recorder | None = None
 ELECTOR: leader.Elector | None = None
 """This replica's leader election, started with the operator when enabled."""
 _stop = threading.Event()
-_recording: list[threading.Thread] = []
 _scraped: dict[QueueKey, float] = {}
 """When each running job's rank 0 was last scraped (once per reconcileInterval)."""
 
@@ -96,9 +95,7 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     CACHE = build_cache(kube.client(), watch_namespaces(sys.argv))
     CACHE.start(_stop)
     RECORDER = events.Recorder(kube.client(), QUEUE.idle_for)
-    _recording.append(threading.Thread(target=RECORDER.run, args=(_stop,), name="events",
-                                     daemon=True))
-    _recording[0].start()
+    RECORDER.start(_stop)
     for i in range(WORKERS):
         threading.Thread(target=_work, args=(CACHE,), name=f"reconcile-{i}",
                          daemon=True).start()
@@ -110,8 +107,8 @@ def stop_leading(**_: Any) -> None:
     _stop.set()
     if ELECTOR is not None:
         ELECTOR.release()
-    for thread in _recording:  # the Events still waiting
-        thread.join(events.FLUSH_SECONDS + 1)
+    if RECORDER is not None:  # the Events still waiting
+        RECORDER.join()
 
 
 def webhook_server(cfg: OperatorConfig) -> kopf.WebhookServer:

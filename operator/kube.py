@@ -142,15 +142,17 @@ class Kube:
     def _send(self, method: str, url: str, body: bytes | None, content_type: str | None,
               timeout: urllib3.Timeout, stream: bool = False) -> urllib3.BaseHTTPResponse:
         """One HTTP exchange; a 401 is tried once more with freshly read credentials."""
-        full = self.api.configuration.host + url
-        for refresh in (False, True):
-            resp = self.api.rest_client.pool_manager.request(
-                method, full, body=body, headers=self._headers(content_type, refresh),
-                timeout=timeout, preload_content=not stream)
-            if resp.status != 401 or refresh:
-                return resp
+        def send(refresh: bool) -> urllib3.BaseHTTPResponse:
+            return self.api.rest_client.pool_manager.request(
+                method, self.api.configuration.host + url, body=body,
+                headers=self._headers(content_type, refresh), timeout=timeout,
+                preload_content=not stream)
+
+        resp = send(refresh=False)
+        if resp.status == 401:
             resp.release_conn()
-        raise AssertionError("unreachable")
+            resp = send(refresh=True)
+        return resp
 
     def request(self, method: str, url: str, body: Any = None,
                 content_type: str = "application/json") -> Manifest | None:

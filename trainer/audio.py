@@ -67,10 +67,10 @@ class _Worker:
                                        f"{why.decode(errors='replace')}")
         self.rate = rate
 
-    def render(self, text: str, voice: str) -> bytes:
-        """The answer's payload (see espeak_worker)."""
+    def render(self, data: bytes, name: bytes) -> bytes:
+        """The answer's payload (see espeak_worker) for UTF-8 text ``data`` in voice
+        ``name``."""
         assert self.proc.stdin is not None
-        name, data = voice.encode(), text.encode()
         try:
             self.proc.stdin.write(struct.pack("<I", len(name)) + name
                                   + struct.pack("<I", len(data)) + data)
@@ -79,10 +79,10 @@ class _Worker:
             raise _WorkerLost(f"espeak-ng's worker is gone ({exc})") from None
         status, samples = self._answer()
         if status == NO_VOICE:
-            raise SpeechSynthesisError(f"espeak-ng has no voice {voice!r}")
+            raise SpeechSynthesisError(f"espeak-ng has no voice {name.decode()!r}")
         if status != 0:
             what = "crashed on" if status == CRASHED else f"failed (error {status}) on"
-            raise SpeechSynthesisError(f"espeak-ng {what} {text[:80]!r}")
+            raise SpeechSynthesisError(f"espeak-ng {what} {data.decode()[:80]!r}")
         return samples
 
     def _answer(self) -> tuple[int, bytes]:
@@ -164,9 +164,9 @@ def _close_pools() -> None:
 def _render(mode: str, text: str, voice: str) -> tuple[bytes, int]:
     """A worker's payload for ``text`` and its sample rate. Encoded first: text that is not
     UTF-8 is refused before it can cost a worker."""
-    text.encode(), voice.encode()
+    data, name = text.encode(), voice.encode()
     with _pools[mode].take() as worker:
-        return worker.render(text, voice), worker.rate
+        return worker.render(data, name), worker.rate
 
 
 def _samples(payload: bytes) -> np.ndarray:

@@ -32,15 +32,14 @@ def posted(kube: Kube, name: str) -> list[str]:
 
 
 class Recording:
-    """A recorder on its own thread, with a switch for whether the operator is busy."""
+    """A started recorder, with a switch for whether the operator is busy."""
 
     def __init__(self, kube: Kube, max_delay: float, limit: int = 100) -> None:
         self.busy = True
         self.recorder = Recorder(kube, lambda: 0.0 if self.busy else 1.0,
                                  max_delay=max_delay, limit=limit)
         self.stop = threading.Event()
-        self.thread = threading.Thread(target=self.recorder.run, args=(self.stop,))
-        self.thread.start()
+        self.recorder.start(self.stop)
 
     def record(self, name: str, *reasons: str) -> None:
         for reason in reasons:
@@ -48,8 +47,7 @@ class Recording:
 
     def close(self) -> None:
         self.stop.set()
-        self.thread.join(10)
-        assert not self.thread.is_alive()
+        self.recorder.join()  # what is left is posted by then
 
 
 def test_events_wait_while_reconciliations_run_then_go_in_order(kube: Kube) -> None:
