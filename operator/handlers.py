@@ -60,6 +60,10 @@ ELECTOR: leader.Elector | None = None
 _stop = threading.Event()
 _scraped: dict[QueueKey, float] = {}
 """When each running job's rank 0 was last scraped (once per reconcileInterval)."""
+_deferred: set[QueueKey] = set()
+"""Objects whose last pass deferred its status (reconcile._report): the next one writes."""
+DEFERRED_SECONDS = 1.0
+"""A deferred pass comes back this soon if no child's watch event brings it back sooner."""
 
 
 def watch_namespaces(argv: list[str]) -> list[str] | None:
@@ -293,24 +297,30 @@ def _run(kind: str, namespace: str | None, name: str) -> float | None:
     fresh = session.get(c.API_VERSION, kind, namespace, name)
     if fresh is None or fresh["metadata"].get("deletionTimestamp"):
         _scraped.pop((kind, namespace, name), None)
+        _deferred.discard((kind, namespace, name))
         if fresh is not None:
             _drop_kopf_finalizer(session, fresh)
         return None
     _drop_kopf_finalizer(session, fresh)
-    now = datetime.now(timezone.utc)
+    now, key = datetime.now(timezone.utc), (kind, namespace, name)
+    defer = key not in _deferred
     if kind == c.JOB_KIND:
         if reconcile.expired(fresh, now):
             session.delete(c.API_VERSION, kind, namespace, name)
             _post(session, fresh, "Normal", "Expired", "deleted after ttlSecondsAfterFinished")
             return None
-        key, clock = (kind, namespace, name), time.monotonic()
+        clock = time.monotonic()
         scrape = CFG.scrape_metrics and clock - _scraped.get(key, -1e9) >= \
             0.9 * CFG.reconcile_interval
         if scrape:
             _scraped[key] = clock
-        outcome = reconcile.reconcile_job(session, fresh, CFG, now, scrape=scrape)
+        outcome = reconcile.reconcile_job(session, fresh, CFG, now, scrape=scrape, defer=defer)
     else:
-        outcome = reconcile.reconcile_server(session, fresh, now)
+        outcome = reconcile.reconcile_server(session, fresh, now, defer=defer)
+    if outcome.deferred:
+        _deferred.add(key)
+        return DEFERRED_SECONDS
+    _deferred.discard(key)
     for type_, reason, message in outcome.events:
         _post(session, fresh, type_, reason, message)
     if outcome.retry:

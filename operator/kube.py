@@ -262,6 +262,8 @@ class Session:
     def __init__(self, kube: Kube, cache: Cache | None = None):
         self.kube, self.store = kube, cache
         self.cache: dict[str, Manifest | None] = {}
+        self.created = 0
+        """Objects this session created."""
 
     def get(self, api_version: str, kind: str, namespace: str | None, name: str
             ) -> Manifest | None:
@@ -311,6 +313,7 @@ class Session:
         existing = self.get(body["apiVersion"], body["kind"], meta.get("namespace"), meta["name"])
         if existing is None:  # (a create that lost a race returns the winner's object)
             existing = self.kube.create(body)
+            self.created += 1
             self._remember(existing, body["apiVersion"], body["kind"], meta.get("namespace"),
                            meta["name"])
         if (ref := controller_of(body)) is not None:

@@ -57,6 +57,8 @@ class Outcome:
     """(type, reason, message)."""
     retry: bool = False
     """The API server refused a child write: try again soon (ChildrenReady says why)."""
+    deferred: bool = False
+    """Nothing was written or posted: see ``_report``."""
 
 
 def _api_error(exc: ApiError) -> tuple[tuple[int, str, str, list[str]], str]:
@@ -82,6 +84,20 @@ def _write_status(kube: Session, body: Manifest, kind: str, status: dict[str, An
         patch["metadata"] = {"resourceVersion": seen["resourceVersion"]}
     kube.patch(c.API_VERSION, kind, ns, name, patch, subresource="status")
     return True
+
+
+def _report(kube: Session, body: Manifest, kind: str, new: dict[str, Any],
+            events: list[tuple[str, str, str]], defer: bool) -> Outcome:
+    """Write the status and return its Events, or, with ``defer`` when this pass created
+    children, neither: the status describes the cluster before they existed, and their
+    watch events bring the object back within moments to describe them (a new job's first
+    status would say "reward server missing" just after creating it, a new server's
+    "0 replicas" just before its Deployment's first status). The caller defers at most one
+    pass in a row, so a child that keeps vanishing cannot hold the status back."""
+    if defer and kube.created:
+        return Outcome(new, deferred=True)
+    _write_status(kube, body, kind, new)
+    return Outcome(new, events)
 
 
 def _conflict(kube: Session, body: Manifest, kind: str, exc: OwnershipConflict,
@@ -322,8 +338,8 @@ def _scrape(kube: Session, job: RLAIFJob, attempt: int) -> dict[str, Any]:
 
 
 def reconcile_job(kube: Session, body: Manifest, cfg: OperatorConfig, now: datetime,
-                  scrape: bool = False) -> Outcome:
-    """Bring one RLAIFJob's children and status up to date."""
+                  scrape: bool = False, defer: bool = False) -> Outcome:
+    """Bring one RLAIFJob's children and status up to date (``defer``: see ``_report``)."""
     status = dict(body.get("status") or {})
     parsed, errors = admission.parse_job(body)
     restart = parsed is not None and _failed_reason(status) == "InvalidSpec"
@@ -336,13 +352,14 @@ def reconcile_job(kube: Session, body: Manifest, cfg: OperatorConfig, now: datet
             failed = _invalid(body, errors, now)
             _write_status(kube, body, c.JOB_KIND, failed)
             return Outcome(failed, _events(status.get("conditions") or [], failed["conditions"]))
-        return _reconcile_valid(kube, body, parsed, status, cfg, now, scrape, restart)
+        return _reconcile_valid(kube, body, parsed, status, cfg, now, scrape, restart, defer)
     except OwnershipConflict as exc:
         return _conflict(kube, body, c.JOB_KIND, exc, now)
 
 
 def _reconcile_valid(kube: Session, body: Manifest, parsed: RLAIFJob, status: dict[str, Any],
-                     cfg: OperatorConfig, now: datetime, scrape: bool, restart: bool) -> Outcome:
+                     cfg: OperatorConfig, now: datetime, scrape: bool, restart: bool,
+                     defer: bool) -> Outcome:
     job, refused = _effective_job(kube, body, parsed)
     ns = job.metadata.namespace
     gangs = _trainer_jobs(kube, body, job)
@@ -403,7 +420,6 @@ def _reconcile_valid(kube: Session, body: Manifest, parsed: RLAIFJob, status: di
             ckpt["time"] = prev.get("time") if same else conditions.now_iso(now)
         if (evaluation := new.get("evaluation")) is not None:
             conds = new["conditions"] = reward_hacking(conds, evaluation.pop("hacking", []), now)
-    _write_status(kube, body, c.JOB_KIND, new)
     events = _events(status.get("conditions") or [], conds)
     if "failedAttempt" in p.status:
         counted = f"restart {p.restarts} of backoffLimit {job.spec.run_policy.backoff_limit}" \
@@ -411,7 +427,10 @@ def _reconcile_valid(kube: Session, body: Manifest, parsed: RLAIFJob, status: di
             "after a disruption, not counted against backoffLimit"
         events.append(("Warning", "GangRestart", f"trainer gang attempt {attempt} failed "
                        f"({obs.trainer.reason if obs.trainer else ''}): {counted}"))
-    return Outcome(new, events, retry=refused_write is not None)
+    if refused_write is not None:
+        _write_status(kube, body, c.JOB_KIND, new)
+        return Outcome(new, events, retry=True)
+    return _report(kube, body, c.JOB_KIND, new, events, defer)
 
 
 def next_visit(body: Manifest, outcome: Outcome, interval: float, now: datetime
@@ -460,8 +479,10 @@ def deployment_patch(existing: Manifest, built: Manifest) -> Manifest | None:
             "spec": rest if hashed else want_spec}
 
 
-def reconcile_server(kube: Session, body: Manifest, now: datetime) -> Outcome:
-    """Bring one RewardServer's Deployment, Service, PDB and status up to date."""
+def reconcile_server(kube: Session, body: Manifest, now: datetime, defer: bool = False
+                     ) -> Outcome:
+    """Bring one RewardServer's Deployment, Service, PDB and status up to date (``defer``:
+    see ``_report``)."""
     old = dict(body.get("status") or {})
     try:
         server = RewardServer.model_validate(admission.manifest_part(body))
@@ -475,13 +496,13 @@ def reconcile_server(kube: Session, body: Manifest, now: datetime) -> Outcome:
         _write_status(kube, body, c.SERVER_KIND, new)
         return Outcome(new, _events(old.get("conditions") or [], conds))
     try:
-        return _reconcile_server_children(kube, body, server, old, now)
+        return _reconcile_server_children(kube, body, server, old, now, defer)
     except OwnershipConflict as exc:
         return _conflict(kube, body, c.SERVER_KIND, exc, now)
 
 
 def _reconcile_server_children(kube: Session, body: Manifest, server: RewardServer,
-                               old: dict[str, Any], now: datetime) -> Outcome:
+                               old: dict[str, Any], now: datetime, defer: bool) -> Outcome:
     ns = server.metadata.namespace
     try:
         deployment = _sync_server_children(kube, body, server)
@@ -497,8 +518,8 @@ def _reconcile_server_children(kube: Session, body: Manifest, server: RewardServ
     new["conditions"] = conditions.children_condition(new["conditions"], None, "", now)
     if (generation := body["metadata"].get("generation")) is not None:
         new["observedGeneration"] = generation
-    _write_status(kube, body, c.SERVER_KIND, new)
-    return Outcome(new, _events(old.get("conditions") or [], new["conditions"]))
+    return _report(kube, body, c.SERVER_KIND, new,
+                   _events(old.get("conditions") or [], new["conditions"]), defer)
 
 
 def _sync_server_children(kube: Session, body: Manifest, server: RewardServer) -> Manifest:

@@ -6,6 +6,9 @@ Pure functions from a validated RewardServer to child manifests; no API calls.
 
 from __future__ import annotations
 
+import functools
+import json
+
 from rlaif import constants as c
 from rlaif.api.labels import LabelSchema
 from rlaif.api.models import RewardServer
@@ -60,7 +63,14 @@ def uses_label_schema(server: RewardServer) -> bool:
 
 def label_schema_yaml(schema: LabelSchema) -> str:
     """A LabelSchema as the YAML file ``--label-schema`` reads."""
-    return dump_yaml(schema.model_dump(by_alias=True))
+    return _schema_yaml(schema.model_dump_json(by_alias=True))
+
+
+@functools.lru_cache(maxsize=256)
+def _schema_yaml(schema_json: str) -> str:
+    """Rendered once per schema: a cluster's jobs mostly share a few, and every reconciliation
+    of a judge builds its ConfigMap to compare with the stored one."""
+    return dump_yaml(json.loads(schema_json))
 
 
 def build_label_config(server: RewardServer) -> Manifest | None:

@@ -244,8 +244,10 @@ def test_job_runs_through_starting_running_restart_succeeded(
                        what="trainer Job")
     assert owner_uid(trainer) == uid
     assert owner_uid(kube.get("v1", "Service", ns, "quickstart-trainer")) == uid
-    st = status(kube, ns, "quickstart")
-    assert condition(st, c.COND_REWARDS_READY)["status"] == "True"
+    # The pass that created them writes no status (it would describe the cluster before
+    # them); the pass their watch events bring, moments later, does.
+    st = wait_for(lambda: (s := status(kube, ns, "quickstart")) and condition(
+        s, c.COND_REWARDS_READY)["status"] == "True" and s, what="RewardsReady")
     assert [r["readyReplicas"] for r in st["rewards"]] == [1, 1, 1]
 
     run_trainer_pods(kube, ns, "quickstart-trainer-0")
