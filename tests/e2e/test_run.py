@@ -33,10 +33,17 @@ def job_file(tmp: Path, steps: int, **spec: object) -> Path:
     return path
 
 
+def _as_in_a_terminal() -> None:
+    """SIGINT as a foreground command in a terminal has it: a suite started in the
+    background by a script (``make test &``) ignores SIGINT, its children inherit that, and
+    Python then installs no Ctrl-C handler, so the Ctrl-C test would test nothing."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start_run(job: Path, out: Path, *extra: str) -> subprocess.Popen[str]:
     return subprocess.Popen([sys.executable, "-m", "rlaif.cli", "run", str(job), "--out",
                              str(out), "--no-progress", *extra], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, preexec_fn=_as_in_a_terminal)
 
 
 def steps_logged(out: Path) -> list[int]:
