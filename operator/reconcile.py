@@ -427,9 +427,11 @@ def _reconcile_valid(kube: Session, body: Manifest, parsed: RLAIFJob, status: di
             "after a disruption, not counted against backoffLimit"
         events.append(("Warning", "GangRestart", f"trainer gang attempt {attempt} failed "
                        f"({obs.trainer.reason if obs.trainer else ''}): {counted}"))
-    if refused_write is not None:
+    if refused_write is not None or "failedAttempt" in p.status:
+        # A refusal is news; a counted failure (restarts, disruptions) cannot be counted
+        # again by the next pass, which sees only the successor the counting pass created.
         _write_status(kube, body, c.JOB_KIND, new)
-        return Outcome(new, events, retry=True)
+        return Outcome(new, events, retry=refused_write is not None)
     return _report(kube, body, c.JOB_KIND, new, events, defer)
 
 

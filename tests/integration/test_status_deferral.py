@@ -116,3 +116,36 @@ def test_the_handler_defers_at_most_one_pass_in_a_row(kube: Kube,
     assert handlers._run(*key) == handlers.DEFERRED_SECONDS  # the next may defer again
     kube.delete(c.API_VERSION, c.SERVER_KIND, NS, "vanishing")
     assert handlers._run(*key) is None and key not in handlers._deferred  # forgotten
+
+
+def test_a_counted_failure_is_written_by_the_pass_that_counts_it(kube: Kube) -> None:
+    """With no restart backoff, the pass that counts a failed gang also creates its
+    successor; the next pass sees only the successor, so deferring would lose the count
+    (and the backoffLimit with it)."""
+    from tests.integration.test_operator import fail_trainer, run_trainer_pods
+
+    doc = yaml.safe_load((REPO / "examples" / "quickstart-cpu.yaml").read_text())
+    doc["metadata"] = {"name": "gang", "namespace": NS}
+    kube.create(doc)
+    cfg = OperatorConfig(restart_backoff=0.0)
+
+    def visit() -> reconcile.Outcome:
+        body = kube.get(c.API_VERSION, c.JOB_KIND, NS, "gang")
+        assert body is not None
+        return reconcile.reconcile_job(kube.session(), body, cfg, NOW, defer=True)
+
+    assert visit().deferred  # its ConfigMap, NetworkPolicy and servers
+    for server in kube.list(c.API_VERSION, c.SERVER_KIND, NS, {c.LABEL_JOB: "gang"}):
+        kube.patch(c.API_VERSION, c.SERVER_KIND, NS, server["metadata"]["name"],
+                   {"status": {"replicas": 1, "readyReplicas": 1}}, "status")
+    assert visit().deferred  # the trainer Service and Job
+    run_trainer_pods(kube, NS, "gang-trainer-0")
+    assert not visit().deferred
+    fail_trainer(kube, NS, "gang-trainer-0")
+
+    counting = visit()
+    assert kube.get("batch/v1", "Job", NS, "gang-trainer-1") is not None  # created by it
+    assert not counting.deferred
+    assert [e[1] for e in counting.events if e[1] == "GangRestart"] == ["GangRestart"]
+    status = (kube.get(c.API_VERSION, c.JOB_KIND, NS, "gang") or {})["status"]
+    assert status["restarts"] == 1 and status["failedAttempt"] == 0
